@@ -1,0 +1,54 @@
+"""The Celery application. Tasks live on named queues; workers choose which queues they serve."""
+
+import os
+
+from celery import Celery
+from celery.signals import before_task_publish, task_postrun, task_prerun
+from kombu import Exchange, Queue
+from kombu.transport import sqlalchemy as sqlalchemy_transport
+
+from infra.request_id import current_request_id
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra.settings")
+
+QUEUES = ("enrollment", "identify", "maintenance", "webhooks")
+
+# The SQLAlchemy transport polls its tables, once a second by default; it hands every transport option to
+# create_engine(), so the interval cannot be passed as an option and is set on the class instead.
+sqlalchemy_transport.Transport.polling_interval = 0.1
+
+app = Celery("visor")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+app.conf.task_create_missing_queues = False
+app.conf.task_routes = {
+    "workers.ping": {"queue": "maintenance"},
+    "enrollment.*": {"queue": "enrollment"},
+    "identify.*": {"queue": "identify"},
+    "maintenance.*": {"queue": "maintenance"},
+    "webhooks.*": {"queue": "webhooks"},
+}
+app.autodiscover_tasks(["workers", "identity", "tenants"])
+
+
+@before_task_publish.connect
+def _propagate_request_id(headers=None, **_):
+    request_id = current_request_id.get()
+    if headers is not None and request_id:
+        headers["visor_request_id"] = request_id
+
+
+_task_tokens: dict[str, object] = {}
+
+
+@task_prerun.connect
+def _bind_request_id(task_id=None, task=None, **_):
+    request_id = getattr(task.request, "visor_request_id", None) or task_id
+    _task_tokens[task_id] = current_request_id.set(request_id)
+
+
+@task_postrun.connect
+def _unbind_request_id(task_id=None, **_):
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        current_request_id.reset(token)
