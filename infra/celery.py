@@ -29,6 +29,13 @@ app.conf.task_routes = {
     "webhooks.*": {"queue": "webhooks"},
 }
 app.autodiscover_tasks(["workers", "identity", "tenants"])
+app.conf.beat_schedule = {
+    "sweep-pending-image-deletions": {
+        "task": "maintenance.sweep_pending_image_deletions",
+        "schedule": 15 * 60,
+    },
+    "expire-stored-images": {"task": "maintenance.expire_stored_images", "schedule": 6 * 3600},
+}
 
 
 @before_task_publish.connect

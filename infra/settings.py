@@ -37,6 +37,8 @@ def env_list(name: str, default: str) -> list[str]:
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
+# Server-side pepper of API key hashes (HMAC-SHA256); see tenants/api_keys.py.
+API_KEY_PEPPER = env_str("API_KEY_PEPPER")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
@@ -62,6 +64,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Staff requests to the operator console see every tenant (row-level security's operator path).
+    "tenants.middleware.OperatorConsoleMiddleware",
+    "tenants.middleware.RateLimitHeadersMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -136,7 +141,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("VISOR_MAX_IMAGE_BYTES", 10 * 1024 * 1024) + 1024 * 1024
+VISOR_MAX_IMAGE_BYTES = env_int("VISOR_MAX_IMAGE_BYTES", 10 * 1024 * 1024)
+VISOR_MAX_IMAGE_PIXELS = env_int("VISOR_MAX_IMAGE_PIXELS", 40_000_000)
+# Base64 bodies are a third larger than the image they carry.
+DATA_UPLOAD_MAX_MEMORY_SIZE = VISOR_MAX_IMAGE_BYTES * 4 // 3 + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 
 # --- API ---------------------------------------------------------------------------------------------
@@ -145,6 +153,10 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "infra.problems.problem_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Every API view needs an API key with the view's scope, and is rate limited per key by its plan.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["tenants.ratelimit.ApiKeyRateThrottle"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Visor API",

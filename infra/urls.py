@@ -15,5 +15,6 @@ urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
+    path("v1/", include("tenants.urls")),
     path("v1/", include("identity.urls")),
 ]

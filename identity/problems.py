@@ -1,0 +1,67 @@
+"""The identity API's problem types (RFC 9457); each `problem_type` is a stable contract with clients."""
+
+from infra.problems import Problem
+from workers.pipeline.errors import ImageRejected
+
+
+class NotFound(Problem):
+    """A missing object and another tenant's object are indistinguishable by design."""
+
+    status_code = 404
+    problem_type = "not-found"
+    title = "Not found"
+
+    def __init__(self, what: str = "resource"):
+        super().__init__(f"The {what} does not exist.")
+
+
+class SubjectExternalIdConflict(Problem):
+    status_code = 409
+    problem_type = "conflict"
+    title = "Conflict"
+
+
+class IdempotencyKeyReused(Problem):
+    status_code = 422
+    problem_type = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class IdempotentRequestInProgress(Problem):
+    status_code = 409
+    problem_type = "idempotency-request-in-progress"
+    title = "A request with this idempotency key is still being processed"
+
+
+class InvalidImage(Problem):
+    """The uploaded image cannot be used at all (empty, too large, not an image, corrupt)."""
+
+    title = "Invalid image"
+
+    def __init__(self, rejection: ImageRejected):
+        super().__init__(rejection.detail, extra={"reason": rejection.code})
+        self.status_code = rejection.http_status
+        self.problem_type = "invalid-image"
+
+
+class MissingImage(Problem):
+    status_code = 400
+    problem_type = "validation-error"
+    title = "Your request parameters did not validate"
+
+    def __init__(self, field: str = "image"):
+        super().__init__(
+            "Send the image as multipart field `image` or as JSON `image_base64`.",
+            extra={"errors": {field: ["An image is required."]}},
+        )
+
+
+class FaceNotUsable(Problem):
+    """The image decoded, but no face in it can be enrolled or compared; `reasons` say why."""
+
+    status_code = 422
+    problem_type = "face-rejected"
+    title = "No usable face"
+
+    def __init__(self, detail: str, *, reasons: list[str]):
+        super().__init__(detail, extra={"reasons": reasons})

@@ -1,0 +1,104 @@
+"""Nearest-template search in pgvector, one gallery at a time.
+
+A single HNSW index over every tenant's templates, filtered afterwards by gallery, silently returns short or
+wrong lists (the filter runs after the approximate scan). So small galleries are searched exactly (a
+sequential scan of the gallery's rows through its b-tree index), and a gallery that grows past
+`ANN_MIN_TEMPLATES` gets its own partial HNSW index (`WHERE gallery_id = '<id>'`), searched with iterative
+scans so that any remaining filter (model version during a re-embed) cannot shorten the list.
+Recall against exact search is measured by bench/search_recall.py.
+"""
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import connection, transaction
+
+from identity.models import FaceTemplate, Gallery
+
+ANN_MIN_TEMPLATES = 20_000
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+TEMPLATES_PER_SUBJECT_FETCHED = 8
+
+_TABLE = FaceTemplate._meta.db_table
+
+
+@dataclass(frozen=True)
+class TemplateHit:
+    subject_id: uuid.UUID
+    face_id: uuid.UUID
+    kind: str
+    similarity: float
+
+
+def ann_index_name(gallery_id: uuid.UUID | str) -> str:
+    return f"identity_tpl_hnsw_{uuid.UUID(str(gallery_id)).hex}"
+
+
+def _vector_literal(embedding: np.ndarray) -> str:
+    return "[" + ",".join(f"{value:.7g}" for value in np.asarray(embedding, dtype=np.float32)) + "]"
+
+
+def nearest_templates(
+    *,
+    tenant_id: uuid.UUID,
+    gallery: Gallery,
+    embedding: np.ndarray,
+    limit: int,
+    subject_id: uuid.UUID | None = None,
+) -> list[TemplateHit]:
+    """The `limit` templates most similar (cosine) to `embedding` in the gallery, most similar first.
+
+    Runs inside the caller's tenant transaction; the explicit tenant filter duplicates what row-level
+    security enforces, so that a policy mistake can never widen a search.
+    """
+    # The gallery id is inlined (it is a UUID, never user text) so the planner can match the partial index.
+    gallery_literal = str(uuid.UUID(str(gallery.id)))
+    subject_filter = "AND subject_id = %(subject_id)s" if subject_id else ""
+    sql = f"""
+        SELECT subject_id, face_id, kind, 1 - (embedding <=> %(probe)s::vector) AS similarity
+        FROM {_TABLE}
+        WHERE gallery_id = '{gallery_literal}' AND tenant_id = %(tenant_id)s
+              AND model_version = %(model_version)s {subject_filter}
+        ORDER BY embedding <=> %(probe)s::vector
+        LIMIT %(limit)s
+    """
+    params = {
+        "probe": _vector_literal(embedding),
+        "tenant_id": tenant_id,
+        "model_version": gallery.model_version,
+        "subject_id": subject_id,
+        "limit": limit,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Only the gallery's own partial HNSW index can serve this query; these settings apply to it alone.
+        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(100, 2 * limit))])
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    hits = [
+        TemplateHit(subject_id=row[0], face_id=row[1], kind=row[2], similarity=float(row[3])) for row in rows
+    ]
+    # relaxed_order may return neighbours slightly out of order.
+    hits.sort(key=lambda hit: hit.similarity, reverse=True)
+    return hits
+
+
+def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:
+    """Create the gallery's partial HNSW index without blocking writes (must run outside a transaction)."""
+    name = ann_index_name(gallery_id)
+    with connection.cursor() as cursor:
+        cursor.execute("SET maintenance_work_mem = '512MB'")
+        cursor.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {_TABLE} "
+            f"USING hnsw (embedding vector_cosine_ops) "
+            f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+            f"WHERE gallery_id = '{uuid.UUID(str(gallery_id))}'"
+        )
+    return name
+
+
+def drop_ann_index(*, gallery_id: uuid.UUID | str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {ann_index_name(gallery_id)}")

@@ -1,0 +1,168 @@
+"""Request validation and response shapes of the identity API. No business logic lives here."""
+
+from rest_framework import serializers
+
+from identity.matching import Candidate
+from identity.models import Face, Gallery, Job, Subject
+
+
+class GalleryCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class GalleryUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+
+class SubjectCreateSerializer(serializers.Serializer):
+    external_id = serializers.CharField(max_length=200)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    metadata = serializers.JSONField(required=False, default=dict)
+
+    def validate_metadata(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("metadata must be a JSON object.")
+        return value
+
+
+class SubjectUpdateSerializer(SubjectCreateSerializer):
+    external_id = serializers.CharField(max_length=200, required=False)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    metadata = serializers.JSONField(required=False)
+
+
+class EnrollOptionsSerializer(serializers.Serializer):
+    wait = serializers.BooleanField(required=False, default=False)
+    largest = serializers.BooleanField(required=False, default=False)
+    timeout = serializers.FloatField(required=False, default=30.0, min_value=1.0, max_value=120.0)
+
+
+class IdentifyOptionsSerializer(serializers.Serializer):
+    top_k = serializers.IntegerField(required=False, default=5, min_value=1, max_value=100)
+    threshold = serializers.FloatField(
+        required=False, allow_null=True, default=None, min_value=-1.0, max_value=1.0
+    )
+    max_faces = serializers.IntegerField(required=False, default=10, min_value=1, max_value=100)
+
+
+class VerifyOptionsSerializer(serializers.Serializer):
+    subject_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    threshold = serializers.FloatField(
+        required=False, allow_null=True, default=None, min_value=-1.0, max_value=1.0
+    )
+
+
+class DetectOptionsSerializer(serializers.Serializer):
+    max_faces = serializers.IntegerField(required=False, default=10, min_value=1, max_value=100)
+
+
+class PaginationSerializer(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=500)
+    cursor = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+# --- Responses -------------------------------------------------------------------------------------------
+
+
+def gallery_representation(gallery: Gallery) -> dict:
+    return {
+        "id": str(gallery.id),
+        "name": gallery.name,
+        "description": gallery.description,
+        "model_version": gallery.model_version,
+        "subject_count": getattr(gallery, "subject_count", None),
+        "face_count": getattr(gallery, "face_count", None),
+        "created_at": gallery.created_at.isoformat(),
+        "updated_at": gallery.updated_at.isoformat(),
+    }
+
+
+def subject_representation(subject: Subject) -> dict:
+    return {
+        "id": str(subject.id),
+        "gallery_id": str(subject.gallery_id),
+        "external_id": subject.external_id,
+        "name": subject.name,
+        "metadata": subject.metadata,
+        "face_count": getattr(subject, "face_count", None),
+        "created_at": subject.created_at.isoformat(),
+        "updated_at": subject.updated_at.isoformat(),
+    }
+
+
+def face_representation(face: Face) -> dict:
+    return {
+        "id": str(face.id),
+        "subject_id": str(face.subject_id),
+        "gallery_id": str(face.gallery_id),
+        "bbox": face.bbox,
+        "landmarks": face.landmarks,
+        "detection_score": face.detection_score,
+        "mask": {"masked": face.masked, "probability": face.mask_probability},
+        "quality": {"score": face.quality_score, "issues": face.quality_issues},
+        "model_version": face.model_version,
+        "image_stored": bool(face.image_key),
+        "created_at": face.created_at.isoformat(),
+    }
+
+
+def job_representation(job: Job) -> dict:
+    return {
+        "id": str(job.id),
+        "kind": job.kind,
+        "status": job.status,
+        "subject_id": str(job.subject_id) if job.subject_id else None,
+        "result": job.result,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def candidate_representation(candidate: Candidate, subjects: dict) -> dict:
+    subject = subjects.get(candidate.subject_id)
+    return {
+        "subject_id": str(candidate.subject_id),
+        "external_id": subject.external_id if subject else None,
+        "name": subject.name if subject else None,
+        "similarity": candidate.similarity,
+        "confidence": candidate.confidence,
+    }
+
+
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
+
+
+def face_geometry(face) -> dict:
+    """Box and named landmarks of a face the pipeline found, in source-image pixels."""
+    box = face.bbox
+    return {
+        "bbox": {
+            "x": round(box.x, 1),
+            "y": round(box.y, 1),
+            "width": round(box.width, 1),
+            "height": round(box.height, 1),
+        },
+        "landmarks": {
+            name: [round(x, 1), round(y, 1)]
+            for name, (x, y) in zip(LANDMARK_NAMES, face.landmarks, strict=True)
+        },
+    }
+
+
+def analysed_face_representation(face) -> dict:
+    """A face as the pipeline saw it in a probe image (identify, detect)."""
+    return {
+        **face_geometry(face),
+        "detection_score": round(face.detection_score, 4),
+        "mask": {"masked": face.mask.masked, "probability": round(face.mask.probability, 4)}
+        if face.mask
+        else None,
+        "quality": {
+            "score": round(face.quality.score, 4),
+            "issues": [str(issue) for issue in face.quality.issues],
+        },
+    }

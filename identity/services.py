@@ -1,0 +1,630 @@
+"""Writes of identity data: galleries, subjects, enrollment, deletion and the metered recognition calls.
+
+Every function is keyword-only and takes the tenant explicitly. Long-running work (the face pipeline) never
+runs inside a database transaction; the transactions around it are short and lock the row they change.
+"""
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from identity import search, selectors
+from identity.face_pipeline import get_face_pipeline
+from identity.matching import Candidate, default_threshold, rank_subjects
+from identity.models import Face, FaceTemplate, Gallery, Job, PendingObjectDeletion, Subject
+from identity.problems import FaceNotUsable, InvalidImage, NotFound, SubjectExternalIdConflict
+from identity.serializers import face_geometry, face_representation
+from tenants.rls import tenant_transaction
+from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
+from workers.pipeline.errors import ImageRejected
+from workers.pipeline.intake import decode_image
+from workers.pipeline.pipeline import FaceAnalysis, ImageAnalysis
+
+MAX_ENROLL_FACES_CONSIDERED = 20
+
+
+# --- Galleries and subjects -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_gallery(*, tenant, actor, name: str, description: str = "") -> Gallery:
+    gallery = Gallery.objects.create(
+        tenant=tenant, name=name, description=description, model_version=get_face_pipeline().model_version
+    )
+    record_audit_event(
+        tenant=tenant, actor=actor, action="gallery.created", object_type="gallery", object_id=str(gallery.id)
+    )
+    return gallery
+
+
+@transaction.atomic
+def update_gallery(
+    *, tenant, actor, gallery: Gallery, name: str | None = None, description: str | None = None
+) -> Gallery:
+    changes = {
+        field: value for field, value in (("name", name), ("description", description)) if value is not None
+    }
+    for field, value in changes.items():
+        setattr(gallery, field, value)
+    gallery.save(update_fields=[*changes, "updated_at"])
+    record_audit_event(
+        tenant=tenant,
+        actor=actor,
+        action="gallery.updated",
+        object_type="gallery",
+        object_id=str(gallery.id),
+        details={"fields": sorted(changes)},
+    )
+    return gallery
+
+
+@transaction.atomic
+def delete_gallery(*, tenant, actor, gallery: Gallery) -> None:
+    _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, gallery=gallery))
+    had_ann_index = bool(gallery.ann_index_name)
+    gallery_id = gallery.id
+    gallery.delete()
+    record_audit_event(
+        tenant=tenant, actor=actor, action="gallery.deleted", object_type="gallery", object_id=str(gallery_id)
+    )
+    if had_ann_index:
+        from identity.tasks import drop_gallery_ann_index
+
+        transaction.on_commit(lambda: drop_gallery_ann_index.delay(gallery_id=str(gallery_id)))
+
+
+@transaction.atomic
+def create_subject(
+    *, tenant, actor, gallery: Gallery, external_id: str, name: str = "", metadata: dict | None = None
+) -> Subject:
+    try:
+        with transaction.atomic():
+            subject = Subject.objects.create(
+                tenant=tenant, gallery=gallery, external_id=external_id, name=name, metadata=metadata or {}
+            )
+    except IntegrityError:
+        raise SubjectExternalIdConflict(
+            f"A subject with external_id {external_id!r} already exists in this gallery."
+        ) from None
+    record_audit_event(
+        tenant=tenant, actor=actor, action="subject.created", object_type="subject", object_id=str(subject.id)
+    )
+    return subject
+
+
+@transaction.atomic
+def update_subject(
+    *,
+    tenant,
+    actor,
+    subject: Subject,
+    external_id: str | None = None,
+    name: str | None = None,
+    metadata: dict | None = None,
+) -> Subject:
+    changes = {
+        field: value
+        for field, value in (("external_id", external_id), ("name", name), ("metadata", metadata))
+        if value is not None
+    }
+    for field, value in changes.items():
+        setattr(subject, field, value)
+    try:
+        with transaction.atomic():
+            subject.save(update_fields=[*changes, "updated_at"])
+    except IntegrityError:
+        raise SubjectExternalIdConflict(
+            f"A subject with external_id {external_id!r} already exists in this gallery."
+        ) from None
+    record_audit_event(
+        tenant=tenant,
+        actor=actor,
+        action="subject.updated",
+        object_type="subject",
+        object_id=str(subject.id),
+        details={"fields": sorted(changes)},
+    )
+    return subject
+
+
+@transaction.atomic
+def delete_subject(*, tenant, actor, subject: Subject) -> None:
+    _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, subject=subject))
+    subject_id = subject.id
+    subject.delete()
+    record_audit_event(
+        tenant=tenant, actor=actor, action="subject.deleted", object_type="subject", object_id=str(subject_id)
+    )
+
+
+@transaction.atomic
+def delete_face(*, tenant, actor, face: Face) -> None:
+    _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, id=face.id))
+    face_id = face.id
+    face.delete()
+    record_audit_event(
+        tenant=tenant, actor=actor, action="face.deleted", object_type="face", object_id=str(face_id)
+    )
+
+
+def _schedule_image_deletion(*, tenant, faces) -> None:
+    """Templates go with their rows at once; stored images go through the outbox, retried until gone."""
+    keys = [key for key in faces.exclude(image_key="").values_list("image_key", flat=True)]
+    PendingObjectDeletion.objects.bulk_create(PendingObjectDeletion(tenant=tenant, key=key) for key in keys)
+    if keys:
+        from identity.tasks import purge_deleted_images
+
+        tenant_id = str(tenant.id)
+        transaction.on_commit(lambda: purge_deleted_images.delay(tenant_id=tenant_id))
+
+
+# --- Enrollment ------------------------------------------------------------------------------------------
+
+
+def image_key(*, tenant_id: uuid.UUID, face_id: uuid.UUID) -> str:
+    return f"tenants/{tenant_id}/faces/{face_id}"
+
+
+def validate_image(*, image_bytes: bytes) -> None:
+    """Refuse an unusable file at once (4xx) rather than as a failed job later."""
+    try:
+        decode_image(image_bytes, limits=get_face_pipeline().config.intake)
+    except ImageRejected as rejection:
+        raise InvalidImage(rejection) from None
+
+
+@transaction.atomic
+def request_face_enrollment(
+    *, tenant, api_key, subject: Subject, image_bytes: bytes, largest: bool, request_id: str
+) -> Job:
+    validate_image(image_bytes=image_bytes)
+    check_quota(tenant=tenant, operation="enroll")
+    gallery_faces, tenant_faces = selectors.face_counts(tenant=tenant, gallery=subject.gallery)
+    check_capacity(tenant=tenant, gallery_faces=gallery_faces + 1, tenant_faces=tenant_faces + 1)
+    job = Job.objects.create(
+        tenant=tenant,
+        api_key=api_key,
+        kind=Job.Kind.ENROLL_FACE,
+        subject=subject,
+        options={"largest": largest},
+        input_image=image_bytes,
+        request_id=request_id,
+    )
+    from identity.tasks import enroll_face
+
+    job_id, tenant_id = str(job.id), str(tenant.id)
+    transaction.on_commit(lambda: enroll_face.delay(job_id=job_id, tenant_id=tenant_id))
+    return job
+
+
+@dataclass(frozen=True)
+class EnrollmentOutcome:
+    face: Face | None
+    rejection: dict | None
+
+
+def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
+    """Run a queued enrollment job to completion. Safe to call again: a finished job is returned as it is."""
+    with tenant_transaction(tenant_id):
+        job = Job.objects.select_for_update().get(id=job_id)
+        if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+            return job
+        job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
+        job.save(update_fields=["status", "started_at", "attempts"])
+        image_bytes, largest = bytes(job.input_image or b""), bool(job.options.get("largest"))
+
+    try:
+        analysis = get_face_pipeline().analyze(
+            image_bytes, purpose="enroll", max_faces=MAX_ENROLL_FACES_CONSIDERED
+        )
+    except ImageRejected as rejection:
+        return _finish_job(
+            job_id=job_id,
+            tenant_id=tenant_id,
+            face=None,
+            error={"reason": rejection.code, "detail": rejection.detail},
+        )
+    chosen, rejection = _choose_enrollment_face(analysis, largest=largest)
+    if rejection:
+        return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=rejection)
+
+    face_id = uuid.uuid5(uuid.UUID(job_id), "face")
+    with tenant_transaction(tenant_id):
+        job = Job.objects.select_for_update(of=("self",)).select_related("tenant", "subject").get(id=job_id)
+        if job.status != Job.Status.RUNNING:
+            return job
+        if job.subject is None:
+            return _finish_job(
+                job_id=job_id,
+                tenant_id=tenant_id,
+                face=None,
+                error={"reason": "SUBJECT_DELETED", "detail": "The subject was deleted."},
+            )
+        stored_key = ""
+        if job.tenant.store_images:
+            # Written before the face row commits; the key is derived from the job, so a retry overwrites it.
+            stored_key = image_key(tenant_id=job.tenant_id, face_id=face_id)
+            default_storage.delete(stored_key)
+            default_storage.save(stored_key, ContentFile(image_bytes))
+        face = _store_face(
+            job=job,
+            face_id=face_id,
+            analysis=analysis,
+            chosen=chosen,
+            image_bytes=image_bytes,
+            stored_key=stored_key,
+        )
+        record_usage(
+            tenant=job.tenant,
+            api_key=job.api_key,
+            operation="enroll",
+            units=1,
+            idempotency_key=f"job:{job_id}",
+        )
+        return _finish_job(job_id=job_id, tenant_id=tenant_id, face=face, error=None)
+
+
+def _choose_enrollment_face(
+    analysis: ImageAnalysis, *, largest: bool
+) -> tuple[FaceAnalysis | None, dict | None]:
+    if not analysis.faces:
+        return None, {"reason": "NO_FACE", "detail": "No face was found in the image."}
+    if len(analysis.faces) > 1 and not largest:
+        return None, {
+            "reason": "MULTIPLE_FACES",
+            "detail": f"{analysis.faces_detected} faces were found; send one face, "
+            "or ?largest=true to enroll the largest.",
+        }
+    face = analysis.faces[0]  # largest first
+    if face.quality.issues:
+        issues = [str(issue) for issue in face.quality.issues]
+        return None, {
+            "reason": issues[0],
+            "reasons": issues,
+            "detail": "The face is not good enough to enroll: " + ", ".join(issues) + ".",
+            "quality": {"score": round(face.quality.score, 4)},
+        }
+    return face, None
+
+
+def _store_face(
+    *,
+    job: Job,
+    face_id: uuid.UUID,
+    analysis: ImageAnalysis,
+    chosen: FaceAnalysis,
+    image_bytes: bytes,
+    stored_key: str,
+) -> Face:
+    subject = job.subject
+    gallery = Gallery.objects.get(id=subject.gallery_id)
+    mask = chosen.mask
+    face = Face.objects.create(
+        id=face_id,
+        tenant_id=job.tenant_id,
+        gallery=gallery,
+        subject=subject,
+        **face_geometry(chosen),
+        detection_score=round(chosen.detection_score, 6),
+        quality_score=round(chosen.quality.score, 6),
+        quality_issues=[str(issue) for issue in chosen.quality.issues],
+        masked=bool(mask.masked) if mask else False,
+        mask_probability=round(mask.probability, 6) if mask else 0.0,
+        model_version=analysis.model_version,
+        image_key=stored_key,
+        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
+    )
+    _store_templates(face=face, chosen=chosen, model_version=analysis.model_version)
+    return face
+
+
+def _store_templates(*, face: Face, chosen: FaceAnalysis, model_version: str) -> None:
+    FaceTemplate.objects.create(
+        tenant_id=face.tenant_id,
+        gallery_id=face.gallery_id,
+        subject_id=face.subject_id,
+        face=face,
+        kind=FaceTemplate.Kind.ORIGINAL,
+        embedding=chosen.embedding.astype(np.float32),
+        model_version=model_version,
+    )
+
+
+def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict | None) -> Job:
+    from identity.tasks import deliver_job_event
+
+    with tenant_transaction(tenant_id):
+        job = Job.objects.select_for_update().get(id=job_id)
+        if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+            return job
+        job.status = Job.Status.FAILED if error else Job.Status.SUCCEEDED
+        job.result = {"face": face_representation(face)} if face else None
+        job.error = error
+        job.input_image = None
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "result", "error", "input_image", "finished_at"])
+        if face is not None:
+            transaction.on_commit(
+                lambda: _maybe_build_ann_index(gallery_id=str(face.gallery_id), tenant_id=tenant_id)
+            )
+        transaction.on_commit(lambda: deliver_job_event.delay(job_id=job_id, tenant_id=tenant_id))
+    return job
+
+
+def _maybe_build_ann_index(*, gallery_id: str, tenant_id: str) -> None:
+    from identity.tasks import build_gallery_ann_index
+
+    with tenant_transaction(tenant_id):
+        gallery = Gallery.objects.get(id=gallery_id)
+        if gallery.ann_index_name:
+            return
+        templates = FaceTemplate.objects.filter(gallery=gallery).count()
+    if templates >= search.ANN_MIN_TEMPLATES:
+        build_gallery_ann_index.delay(gallery_id=gallery_id, tenant_id=tenant_id)
+
+
+# --- Recognition: identify, verify, detect ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentifiedFace:
+    face: FaceAnalysis
+    match: Candidate | None
+    candidates: list[Candidate]
+
+
+@dataclass(frozen=True)
+class Identification:
+    faces: list[IdentifiedFace]
+    subjects: dict
+    model_version: str
+    took_ms: float
+
+
+def _require_quota(*, tenant, operation: str) -> None:
+    with tenant_transaction(tenant.id):
+        check_quota(tenant=tenant, operation=operation)
+
+
+def _analyze(image_bytes: bytes, *, max_faces: int) -> ImageAnalysis:
+    try:
+        return get_face_pipeline().analyze(image_bytes, purpose="identify", max_faces=max_faces)
+    except ImageRejected as rejection:
+        raise InvalidImage(rejection) from None
+
+
+def identify(
+    *,
+    tenant,
+    api_key,
+    gallery: Gallery,
+    image_bytes: bytes,
+    top_k: int,
+    threshold: float | None,
+    max_faces: int,
+    request_id: str,
+) -> Identification:
+    _require_quota(tenant=tenant, operation="identify")
+    started = time.perf_counter()
+    analysis = _analyze(image_bytes, max_faces=max_faces)
+    if analysis.model_version != gallery.model_version:
+        raise NotFound("gallery templates for the running model (re-embed the gallery)")
+    threshold = threshold if threshold is not None else _tenant_threshold(tenant, gallery.model_version)
+    identified = []
+    fetch = max(50, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
+    with tenant_transaction(tenant.id):
+        for face in analysis.faces:
+            hits = search.nearest_templates(
+                tenant_id=tenant.id, gallery=gallery, embedding=face.embedding, limit=fetch
+            )
+            candidates = rank_subjects(hits, model_version=gallery.model_version, top_k=top_k)
+            match = candidates[0] if candidates and candidates[0].similarity >= threshold else None
+            identified.append(IdentifiedFace(face=face, match=match, candidates=candidates))
+        subject_ids = [candidate.subject_id for item in identified for candidate in item.candidates]
+        subjects = selectors.subjects_by_id(tenant=tenant, subject_ids=subject_ids)
+        record_usage(
+            tenant=tenant,
+            api_key=api_key,
+            operation="identify",
+            units=1,
+            idempotency_key=f"request:{request_id}",
+        )
+    return Identification(
+        faces=identified,
+        subjects=subjects,
+        model_version=analysis.model_version,
+        took_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+def _tenant_threshold(tenant, model_version: str) -> float:
+    return (
+        tenant.default_match_threshold
+        if tenant.default_match_threshold is not None
+        else default_threshold(model_version)
+    )
+
+
+@dataclass(frozen=True)
+class Verification:
+    match: bool
+    similarity: float
+    confidence: float
+    threshold: float
+    model_version: str
+
+
+def _single_face(analysis: ImageAnalysis, which: str) -> FaceAnalysis:
+    if not analysis.faces:
+        raise FaceNotUsable(f"No face was found in {which}.", reasons=["NO_FACE"])
+    return analysis.faces[0]
+
+
+def verify(
+    *,
+    tenant,
+    api_key,
+    image_bytes: bytes,
+    image2_bytes: bytes | None,
+    subject: Subject | None,
+    threshold: float | None,
+    request_id: str,
+) -> Verification:
+    from identity.matching import confidence
+
+    _require_quota(tenant=tenant, operation="verify")
+    probe = _single_face(_analyze(image_bytes, max_faces=1), "image")
+    model_version = get_face_pipeline().model_version
+    if subject is not None:
+        gallery = subject.gallery
+        with tenant_transaction(tenant.id):
+            hits = search.nearest_templates(
+                tenant_id=tenant.id,
+                gallery=gallery,
+                embedding=probe.embedding,
+                limit=1,
+                subject_id=subject.id,
+            )
+        if not hits:
+            raise FaceNotUsable(
+                "The subject has no enrolled faces to compare with.", reasons=["NO_TEMPLATES"]
+            )
+        similarity = hits[0].similarity
+    else:
+        other = _single_face(_analyze(image2_bytes, max_faces=1), "image2")
+        similarity = float(np.dot(probe.embedding, other.embedding))
+    threshold = threshold if threshold is not None else _tenant_threshold(tenant, model_version)
+    with tenant_transaction(tenant.id):
+        record_usage(
+            tenant=tenant,
+            api_key=api_key,
+            operation="verify",
+            units=1,
+            idempotency_key=f"request:{request_id}",
+        )
+    return Verification(
+        match=similarity >= threshold,
+        similarity=round(similarity, 6),
+        confidence=round(confidence(similarity, model_version), 6),
+        threshold=threshold,
+        model_version=model_version,
+    )
+
+
+def detect(*, tenant, api_key, image_bytes: bytes, max_faces: int, request_id: str) -> ImageAnalysis:
+    _require_quota(tenant=tenant, operation="detect")
+    analysis = _analyze(image_bytes, max_faces=max_faces)
+    with tenant_transaction(tenant.id):
+        record_usage(
+            tenant=tenant,
+            api_key=api_key,
+            operation="detect",
+            units=1,
+            idempotency_key=f"request:{request_id}",
+        )
+    return analysis
+
+
+# --- Storage hygiene -------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def expire_stored_images(*, tenant) -> int:
+    """Schedule deletion of the tenant's images older than its retention; templates stay searchable."""
+    cutoff = timezone.now() - timedelta(days=tenant.image_retention_days)
+    expired = Face.objects.filter(tenant=tenant, created_at__lt=cutoff).exclude(image_key="")
+    _schedule_image_deletion(tenant=tenant, faces=expired)
+    return expired.update(image_key="")
+
+
+def purge_deleted_images(*, tenant_id: str, batch_size: int = 500) -> int:
+    """Delete the outbox's S3 objects; each row goes only once its object is gone. Returns how many."""
+    with tenant_transaction(tenant_id):
+        pending = list(PendingObjectDeletion.objects.order_by("id")[:batch_size])
+    removed = 0
+    for item in pending:
+        if not item.key.startswith(f"tenants/{tenant_id}/"):
+            raise ValueError(f"refusing to delete {item.key!r} outside tenant {tenant_id}'s prefix")
+        try:
+            default_storage.delete(item.key)
+        except Exception as error:  # any storage failure: keep the row, count the attempt, retry later
+            with tenant_transaction(tenant_id):
+                PendingObjectDeletion.objects.filter(id=item.id).update(
+                    attempts=item.attempts + 1, last_error=f"{type(error).__name__}: {error}"[:2000]
+                )
+            continue
+        with tenant_transaction(tenant_id):
+            PendingObjectDeletion.objects.filter(id=item.id).delete()
+        removed += 1
+    return removed
+
+
+# --- Re-embedding after a model change -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReembedReport:
+    gallery_id: uuid.UUID
+    from_version: str
+    to_version: str
+    faces_reembedded: int
+    faces_without_image: int
+
+
+def reembed_gallery(*, tenant, gallery_id, progress=None) -> ReembedReport:
+    """Recompute the gallery's templates with the running model from its stored images, without downtime.
+
+    New templates are written next to the old ones under the new model version while identify keeps using
+    the gallery's current version; one short transaction then switches the gallery over and drops the old
+    templates. Faces whose image is not stored cannot be re-embedded: the switch is refused while any remain.
+    """
+    pipeline = get_face_pipeline()
+    with tenant_transaction(tenant.id):
+        gallery = selectors.gallery_get(tenant=tenant, gallery_id=gallery_id)
+        faces = list(
+            Face.objects.filter(tenant=tenant, gallery=gallery).exclude(model_version=pipeline.model_version)
+        )
+    without_image = [face for face in faces if not face.image_key]
+    if without_image:
+        return ReembedReport(gallery.id, gallery.model_version, pipeline.model_version, 0, len(without_image))
+    for done, face in enumerate(faces, start=1):
+        with default_storage.open(face.image_key, "rb") as handle:
+            image_bytes = handle.read()
+        analysis = pipeline.analyze(image_bytes, purpose="identify", max_faces=MAX_ENROLL_FACES_CONSIDERED)
+        chosen = _same_face(analysis, face)
+        with tenant_transaction(tenant.id):
+            FaceTemplate.objects.filter(face=face, model_version=pipeline.model_version).delete()
+            _store_templates(face=face, chosen=chosen, model_version=pipeline.model_version)
+        if progress:
+            progress(done, len(faces))
+    with tenant_transaction(tenant.id):
+        old_version = gallery.model_version
+        Gallery.objects.filter(id=gallery.id).update(
+            model_version=pipeline.model_version, updated_at=timezone.now()
+        )
+        Face.objects.filter(gallery=gallery).update(model_version=pipeline.model_version)
+        FaceTemplate.objects.filter(gallery=gallery).exclude(model_version=pipeline.model_version).delete()
+    return ReembedReport(gallery.id, old_version, pipeline.model_version, len(faces), 0)
+
+
+def _same_face(analysis: ImageAnalysis, face: Face) -> FaceAnalysis:
+    """The detected face closest to the one enrolled (the image may hold several)."""
+    if not analysis.faces:
+        raise FaceNotUsable(
+            f"No face is found any more in the stored image of face {face.id}.", reasons=["NO_FACE"]
+        )
+    enrolled = face.bbox
+
+    def distance(candidate: FaceAnalysis) -> float:
+        box = candidate.bbox
+        return abs(box.x - enrolled["x"]) + abs(box.y - enrolled["y"]) + abs(box.width - enrolled["width"])
+
+    return min(analysis.faces, key=distance)

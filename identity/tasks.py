@@ -1,0 +1,81 @@
+"""Celery tasks of the identity API. Each takes ids as keyword arguments and is safe to run twice."""
+
+from celery import shared_task
+from django.db import connection
+
+from identity import search, services, webhooks
+from identity.models import Gallery, PendingObjectDeletion
+from tenants.rls import operator_transaction, tenant_transaction
+
+
+@shared_task(name="enrollment.enroll_face", bind=True, max_retries=5, default_retry_delay=2)
+def enroll_face(self, *, job_id: str, tenant_id: str) -> str:
+    try:
+        return services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id).status
+    except Exception as error:
+        # Rejections end the job; an exception here is infrastructure (database, S3) and worth a retry.
+        raise self.retry(exc=error, countdown=2**self.request.retries) from error
+
+
+@shared_task(name="maintenance.purge_deleted_images", bind=True, max_retries=10)
+def purge_deleted_images(self, *, tenant_id: str) -> int:
+    removed = services.purge_deleted_images(tenant_id=tenant_id)
+    with tenant_transaction(tenant_id):
+        remaining = PendingObjectDeletion.objects.exists()
+    if remaining:
+        raise self.retry(countdown=min(600, 5 * 2**self.request.retries))
+    return removed
+
+
+@shared_task(name="maintenance.sweep_pending_image_deletions")
+def sweep_pending_image_deletions() -> int:
+    """Beat task: picks up deletions whose own task gave up (an S3 outage longer than its retries)."""
+    with operator_transaction():
+        tenant_ids = {str(tid) for tid in PendingObjectDeletion.objects.values_list("tenant_id", flat=True)}
+    for tenant_id in tenant_ids:
+        purge_deleted_images.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="maintenance.expire_stored_images")
+def expire_stored_images() -> int:
+    """Beat task: each tenant's images older than its retention setting are purged from S3."""
+    from tenants.models import Tenant
+
+    with operator_transaction():
+        tenants = list(Tenant.objects.all())
+    expired = 0
+    for tenant in tenants:
+        with tenant_transaction(tenant.id):
+            expired += services.expire_stored_images(tenant=tenant)
+    return expired
+
+
+@shared_task(name="maintenance.build_gallery_ann_index")
+def build_gallery_ann_index(*, gallery_id: str, tenant_id: str) -> str:
+    connection.ensure_connection()
+    name = search.build_ann_index(gallery_id=gallery_id)
+    with tenant_transaction(tenant_id):
+        Gallery.objects.filter(id=gallery_id).update(ann_index_name=name)
+    return name
+
+
+@shared_task(name="maintenance.drop_gallery_ann_index")
+def drop_gallery_ann_index(*, gallery_id: str) -> None:
+    search.drop_ann_index(gallery_id=gallery_id)
+
+
+@shared_task(name="webhooks.deliver_job_event")
+def deliver_job_event(*, job_id: str, tenant_id: str) -> None:
+    delivery_id = webhooks.record_job_event(job_id=job_id, tenant_id=tenant_id)
+    if delivery_id is not None:
+        deliver_webhook.delay(delivery_id=str(delivery_id), tenant_id=tenant_id)
+
+
+@shared_task(name="webhooks.deliver_webhook", bind=True, max_retries=webhooks.MAX_ATTEMPTS - 1)
+def deliver_webhook(self, *, delivery_id: str, tenant_id: str) -> bool:
+    try:
+        return webhooks.attempt_delivery(delivery_id=delivery_id, tenant_id=tenant_id)
+    except webhooks.DeliveryFailed as failure:
+        # 2, 4, 8, ... seconds, capped at an hour: a receiver that is down for a while still gets the event.
+        raise self.retry(exc=failure, countdown=min(3600, 2 ** (self.request.retries + 1))) from failure

@@ -1,0 +1,449 @@
+"""HTTP endpoints of the identity API. Thin: parse, call a selector or service, shape the answer."""
+
+import base64
+import binascii
+import hashlib
+import time
+
+from django.db import IntegrityError, transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from identity import selectors, services
+from identity.models import IdempotentRequest, Job
+from identity.pagination import paginate
+from identity.problems import IdempotencyKeyReused, MissingImage
+from identity.serializers import (
+    DetectOptionsSerializer,
+    EnrollOptionsSerializer,
+    GalleryCreateSerializer,
+    GalleryUpdateSerializer,
+    IdentifyOptionsSerializer,
+    PaginationSerializer,
+    SubjectCreateSerializer,
+    SubjectUpdateSerializer,
+    VerifyOptionsSerializer,
+    analysed_face_representation,
+    candidate_representation,
+    face_representation,
+    gallery_representation,
+    job_representation,
+    subject_representation,
+)
+from tenants.rls import tenant_transaction
+
+JOB_POLL_INTERVAL_SECONDS = 0.1
+
+
+def _validated(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _image_from(request, field: str) -> bytes | None:
+    upload = request.FILES.get(field)
+    if upload is not None:
+        return upload.read()
+    encoded = request.data.get(f"{field}_base64") if hasattr(request.data, "get") else None
+    if encoded is None:
+        return None
+    if not isinstance(encoded, str):
+        raise MissingImage(f"{field}_base64")
+    try:
+        return base64.b64decode(
+            encoded.split(",", 1)[-1] if encoded.startswith("data:") else encoded, validate=True
+        )
+    except (binascii.Error, ValueError):
+        raise MissingImage(f"{field}_base64") from None
+
+
+def _required_image(request, field: str = "image") -> bytes:
+    image = _image_from(request, field)
+    if image is None:
+        raise MissingImage(field)
+    return image
+
+
+def _options(request) -> dict:
+    """Options may come as query parameters or as form/JSON fields; query parameters win."""
+    body = (
+        {
+            key: value
+            for key, value in request.data.items()
+            if not key.endswith("image") and not key.endswith("_base64") and not key.startswith("image")
+        }
+        if hasattr(request.data, "items")
+        else {}
+    )
+    return {**body, **request.query_params.dict()}
+
+
+class TenantView(APIView):
+    """Every identity view runs its reads and writes in a transaction scoped to the caller's tenant."""
+
+    @property
+    def tenant(self):
+        return self.request.user.tenant
+
+    def tenant_transaction(self):
+        return tenant_transaction(self.tenant.id)
+
+
+class GalleryListView(TenantView):
+    required_scopes = {"GET": "read", "POST": "manage"}
+
+    @extend_schema(request=GalleryCreateSerializer, responses={201: dict})
+    def post(self, request):
+        data = _validated(GalleryCreateSerializer, request.data)
+        with self.tenant_transaction():
+            gallery = services.create_gallery(tenant=self.tenant, actor=request.user, **data)
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery.id)
+        return Response(gallery_representation(gallery), status=status.HTTP_201_CREATED)
+
+    @extend_schema(parameters=[PaginationSerializer], responses={200: dict})
+    def get(self, request):
+        page = _validated(PaginationSerializer, request.query_params)
+        with self.tenant_transaction():
+            body = paginate(
+                selectors.gallery_list(tenant=self.tenant), represent=gallery_representation, **page
+            )
+        return Response(body)
+
+
+class GalleryDetailView(TenantView):
+    required_scopes = {"GET": "read", "PATCH": "manage", "DELETE": "manage"}
+
+    def get(self, request, gallery_id):
+        with self.tenant_transaction():
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+        return Response(gallery_representation(gallery))
+
+    @extend_schema(request=GalleryUpdateSerializer, responses={200: dict})
+    def patch(self, request, gallery_id):
+        data = _validated(GalleryUpdateSerializer, request.data)
+        with self.tenant_transaction():
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+            services.update_gallery(tenant=self.tenant, actor=request.user, gallery=gallery, **data)
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+        return Response(gallery_representation(gallery))
+
+    def delete(self, request, gallery_id):
+        with self.tenant_transaction():
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+            services.delete_gallery(tenant=self.tenant, actor=request.user, gallery=gallery)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SubjectListView(TenantView):
+    required_scopes = {"GET": "read", "POST": "enroll"}
+
+    @extend_schema(request=SubjectCreateSerializer, responses={201: dict})
+    def post(self, request, gallery_id):
+        data = _validated(SubjectCreateSerializer, request.data)
+        with self.tenant_transaction():
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+            subject = services.create_subject(tenant=self.tenant, actor=request.user, gallery=gallery, **data)
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject.id)
+        return Response(subject_representation(subject), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[PaginationSerializer, OpenApiParameter("external_id", str)], responses={200: dict}
+    )
+    def get(self, request, gallery_id):
+        page = _validated(PaginationSerializer, request.query_params)
+        with self.tenant_transaction():
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+            subjects = selectors.subject_list(
+                tenant=self.tenant, gallery=gallery, external_id=request.query_params.get("external_id")
+            )
+            body = paginate(subjects, represent=subject_representation, **page)
+        return Response(body)
+
+
+class SubjectDetailView(TenantView):
+    required_scopes = {"GET": "read", "PATCH": "enroll", "DELETE": "enroll"}
+
+    def get(self, request, subject_id):
+        with self.tenant_transaction():
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
+        return Response(subject_representation(subject))
+
+    @extend_schema(request=SubjectUpdateSerializer, responses={200: dict})
+    def patch(self, request, subject_id):
+        data = _validated(SubjectUpdateSerializer, request.data)
+        with self.tenant_transaction():
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
+            services.update_subject(tenant=self.tenant, actor=request.user, subject=subject, **data)
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
+        return Response(subject_representation(subject))
+
+    def delete(self, request, subject_id):
+        with self.tenant_transaction():
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
+            services.delete_subject(tenant=self.tenant, actor=request.user, subject=subject)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SubjectFacesView(TenantView):
+    required_scopes = {"GET": "read", "POST": "enroll"}
+    parser_classes = [MultiPartParser, JSONParser]
+
+    @extend_schema(
+        parameters=[
+            EnrollOptionsSerializer,
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER),
+        ],
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            },
+            "application/json": {"type": "object", "properties": {"image_base64": {"type": "string"}}},
+        },
+        responses={201: dict, 202: dict},
+    )
+    def post(self, request, subject_id):
+        options = _validated(EnrollOptionsSerializer, _options(request))
+        image = _required_image(request)
+        idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:255]
+        fingerprint = hashlib.sha256(
+            f"POST {request.path} largest={options['largest']}".encode() + image
+        ).hexdigest()
+        with self.tenant_transaction():
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
+            job = self._enqueue_once(
+                subject=subject,
+                image=image,
+                largest=options["largest"],
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+            )
+        if options["wait"]:
+            job = self._wait_for(job, timeout=options["timeout"])
+        return self._answer(job)
+
+    def _enqueue_once(
+        self, *, subject, image: bytes, largest: bool, idempotency_key: str, fingerprint: str
+    ) -> Job:
+        """Create the enrollment job, or return the one created by an earlier request with the same key."""
+        if idempotency_key:
+            try:
+                with transaction.atomic():
+                    IdempotentRequest.objects.create(
+                        tenant=self.tenant,
+                        key=idempotency_key,
+                        fingerprint=fingerprint,
+                        status_code=202,
+                        body={},
+                    )
+            except IntegrityError:
+                earlier = IdempotentRequest.objects.get(tenant=self.tenant, key=idempotency_key)
+                if earlier.fingerprint != fingerprint:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was first used with a different request; use a new key."
+                    ) from None
+                return selectors.job_get(tenant=self.tenant, job_id=earlier.body["job_id"])
+        job = services.request_face_enrollment(
+            tenant=self.tenant,
+            api_key=self.request.auth,
+            subject=subject,
+            image_bytes=image,
+            largest=largest,
+            request_id=self.request._request.request_id,
+        )
+        if idempotency_key:
+            IdempotentRequest.objects.filter(tenant=self.tenant, key=idempotency_key).update(
+                body={"job_id": str(job.id)}
+            )
+        return job
+
+    def _wait_for(self, job: Job, *, timeout: float) -> Job:
+        deadline = time.monotonic() + timeout
+        while job.status in (Job.Status.QUEUED, Job.Status.RUNNING) and time.monotonic() < deadline:
+            time.sleep(JOB_POLL_INTERVAL_SECONDS)
+            with self.tenant_transaction():
+                job = selectors.job_get(tenant=self.tenant, job_id=job.id)
+        return job
+
+    def _answer(self, job: Job) -> Response:
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if job.status == Job.Status.SUCCEEDED:
+            return Response(job.result["face"], status=status.HTTP_201_CREATED, headers=headers)
+        if job.status == Job.Status.FAILED:
+            from identity.problems import FaceNotUsable
+
+            reasons = job.error.get("reasons") or [job.error["reason"]]
+            raise FaceNotUsable(job.error["detail"], reasons=reasons)
+        return Response({"job": job_representation(job)}, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+    @extend_schema(parameters=[PaginationSerializer], responses={200: dict})
+    def get(self, request, subject_id):
+        page = _validated(PaginationSerializer, request.query_params)
+        with self.tenant_transaction():
+            subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
+            body = paginate(
+                selectors.face_list(tenant=self.tenant, subject=subject),
+                represent=face_representation,
+                **page,
+            )
+        return Response(body)
+
+
+class FaceDetailView(TenantView):
+    required_scopes = {"GET": "read", "DELETE": "enroll"}
+
+    def get(self, request, face_id):
+        with self.tenant_transaction():
+            face = selectors.face_get(tenant=self.tenant, face_id=face_id)
+        return Response(face_representation(face))
+
+    def delete(self, request, face_id):
+        with self.tenant_transaction():
+            face = selectors.face_get(tenant=self.tenant, face_id=face_id)
+            services.delete_face(tenant=self.tenant, actor=request.user, face=face)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class IdentifyView(TenantView):
+    required_scopes = {"POST": "identify"}
+    parser_classes = [MultiPartParser, JSONParser]
+
+    @extend_schema(
+        parameters=[IdentifyOptionsSerializer],
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+        responses={200: dict},
+    )
+    def post(self, request, gallery_id):
+        options = _validated(IdentifyOptionsSerializer, _options(request))
+        image = _required_image(request)
+        with self.tenant_transaction():
+            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+        result = services.identify(
+            tenant=self.tenant,
+            api_key=request.auth,
+            gallery=gallery,
+            image_bytes=image,
+            request_id=request._request.request_id,
+            **options,
+        )
+        return Response(
+            {
+                "faces": [
+                    {
+                        **analysed_face_representation(item.face),
+                        "match": candidate_representation(item.match, result.subjects)
+                        if item.match
+                        else None,
+                        "candidates": [candidate_representation(c, result.subjects) for c in item.candidates],
+                    }
+                    for item in result.faces
+                ],
+                "model": result.model_version,
+                "took_ms": result.took_ms,
+            }
+        )
+
+
+class VerifyView(TenantView):
+    required_scopes = {"POST": "identify"}
+    parser_classes = [MultiPartParser, JSONParser]
+
+    @extend_schema(
+        parameters=[VerifyOptionsSerializer],
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "image2": {"type": "string", "format": "binary"},
+                    "subject_id": {"type": "string", "format": "uuid"},
+                },
+            }
+        },
+        responses={200: dict},
+    )
+    def post(self, request):
+        options = _validated(VerifyOptionsSerializer, _options(request))
+        image = _required_image(request)
+        image2 = _image_from(request, "image2")
+        if (image2 is None) == (options["subject_id"] is None):
+            from rest_framework.exceptions import ValidationError
+
+            raise ValidationError({"image2": ["Send exactly one of `image2` and `subject_id`."]})
+        with self.tenant_transaction():
+            subject = (
+                selectors.subject_get(tenant=self.tenant, subject_id=options["subject_id"])
+                if options["subject_id"]
+                else None
+            )
+        result = services.verify(
+            tenant=self.tenant,
+            api_key=request.auth,
+            image_bytes=image,
+            image2_bytes=image2,
+            subject=subject,
+            threshold=options["threshold"],
+            request_id=request._request.request_id,
+        )
+        return Response(
+            {
+                "match": result.match,
+                "similarity": result.similarity,
+                "confidence": result.confidence,
+                "threshold": result.threshold,
+                "model": result.model_version,
+            }
+        )
+
+
+class DetectView(TenantView):
+    required_scopes = {"POST": "identify"}
+    parser_classes = [MultiPartParser, JSONParser]
+
+    @extend_schema(
+        parameters=[DetectOptionsSerializer],
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+        responses={200: dict},
+    )
+    def post(self, request):
+        options = _validated(DetectOptionsSerializer, _options(request))
+        image = _required_image(request)
+        started = time.perf_counter()
+        analysis = services.detect(
+            tenant=self.tenant,
+            api_key=request.auth,
+            image_bytes=image,
+            request_id=request._request.request_id,
+            **options,
+        )
+        return Response(
+            {
+                "faces": [analysed_face_representation(face) for face in analysis.faces],
+                "image": {"width": analysis.width, "height": analysis.height},
+                "model": analysis.model_version,
+                "took_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
+
+
+class JobDetailView(TenantView):
+    required_scopes = {"GET": "read"}
+
+    def get(self, request, job_id):
+        with self.tenant_transaction():
+            job = selectors.job_get(tenant=self.tenant, job_id=job_id)
+        return Response(job_representation(job))

@@ -1,0 +1,85 @@
+import time
+
+import pytest
+
+from identity.models import Face, FaceTemplate, Gallery, PendingObjectDeletion, Subject
+from tenants.models import AuditEvent
+from tenants.rls import operator_transaction
+from tests.face_images import person_image
+from tests.identity.conftest import bucket_keys
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
+
+
+def _wait_until_bucket_is_empty(prefix: str, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (keys := bucket_keys(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return keys
+
+
+@pytest.fixture
+def enrolled_face(tenant_api):
+    gallery = tenant_api.create_gallery()
+    subject = tenant_api.create_subject(gallery["id"], "emp-1")
+    face = tenant_api.enroll(subject["id"], person_image(5)).json()
+    assert bucket_keys(f"tenants/{tenant_api.tenant.id}/")
+    return gallery, subject, face
+
+
+def test_deleting_a_face_removes_its_templates_at_once_and_its_image_from_the_bucket(
+    tenant_api, enrolled_face
+):
+    _, _, face = enrolled_face
+
+    response = tenant_api.delete(f"/v1/faces/{face['id']}")
+
+    assert response.status_code == 204
+    with operator_transaction():
+        assert not FaceTemplate.objects.filter(face_id=face["id"]).exists()
+        assert AuditEvent.objects.filter(action="face.deleted", object_id=face["id"]).exists()
+    assert _wait_until_bucket_is_empty(f"tenants/{tenant_api.tenant.id}/") == []
+    with operator_transaction():
+        assert not PendingObjectDeletion.objects.exists()
+
+
+def test_deleting_a_subject_removes_its_faces_templates_and_images(tenant_api, enrolled_face):
+    _, subject, face = enrolled_face
+
+    assert tenant_api.delete(f"/v1/subjects/{subject['id']}").status_code == 204
+
+    with operator_transaction():
+        assert not Face.objects.filter(id=face["id"]).exists()
+        assert not FaceTemplate.objects.exists()
+    assert _wait_until_bucket_is_empty(f"tenants/{tenant_api.tenant.id}/") == []
+
+
+def test_deleting_a_gallery_leaves_nothing_in_the_tables_or_the_bucket(tenant_api, enrolled_face):
+    gallery, _, _ = enrolled_face
+
+    assert tenant_api.delete(f"/v1/galleries/{gallery['id']}").status_code == 204
+
+    with operator_transaction():
+        assert not Gallery.objects.exists()
+        assert not Subject.objects.exists()
+        assert not Face.objects.exists()
+        assert not FaceTemplate.objects.exists()
+        assert AuditEvent.objects.filter(action="gallery.deleted", object_id=gallery["id"]).exists()
+    assert _wait_until_bucket_is_empty(f"tenants/{tenant_api.tenant.id}/") == []
+    with operator_transaction():
+        assert not PendingObjectDeletion.objects.exists()
+
+
+def test_a_deleted_face_is_no_longer_identified(tenant_api, enrolled_face):
+    gallery, _, face = enrolled_face
+    tenant_api.delete(f"/v1/faces/{face['id']}")
+
+    from tests.identity.conftest import upload_file
+
+    response = tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/identify", {"image": upload_file(person_image(5))}
+    )
+
+    [probe] = response.json()["faces"]
+    assert probe["match"] is None
+    assert probe["candidates"] == []

@@ -1,0 +1,189 @@
+import base64
+import time
+
+import numpy as np
+import pytest
+
+from identity.models import Face, FaceTemplate, Job
+from tenants.rls import operator_transaction
+from tests.face_images import CartoonPerson, draw_face, encode, face_photo, person_image
+from tests.identity.conftest import bucket_keys, make_tenant_api, upload_file
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
+
+
+@pytest.fixture
+def subject(tenant_api):
+    gallery = tenant_api.create_gallery()
+    return tenant_api.create_subject(gallery["id"], "emp-1", name="Ada")
+
+
+def test_enrolling_with_wait_answers_201_with_the_indexed_face(tenant_api, subject):
+    response = tenant_api.enroll(subject["id"], person_image(1))
+
+    face = response.json()
+    assert response.status_code == 201, face
+    assert face["subject_id"] == subject["id"]
+    assert face["bbox"]["width"] > 50
+    assert set(face["landmarks"]) == {"right_eye", "left_eye", "nose", "mouth_right", "mouth_left"}
+    assert 0 <= face["mask"]["probability"] <= 1
+    assert face["quality"]["issues"] == []
+    with operator_transaction():
+        stored = FaceTemplate.objects.filter(face_id=face["id"])
+        assert stored.filter(kind="original").count() == 1
+        assert np.linalg.norm(np.asarray(stored.first().embedding)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_enrolling_without_wait_answers_202_with_a_job_that_completes(tenant_api, subject):
+    response = tenant_api.post(f"/v1/subjects/{subject['id']}/faces", {"image": upload_file(person_image(2))})
+
+    assert response.status_code == 202
+    job_id = response.json()["job"]["id"]
+    assert response["Location"] == f"/v1/jobs/{job_id}"
+    deadline = time.monotonic() + 60
+    while (job := tenant_api.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["status"] == "succeeded"
+    assert job["result"]["face"]["subject_id"] == subject["id"]
+    assert job["error"] is None
+
+
+def test_an_image_can_be_sent_as_base64_json(tenant_api, subject):
+    encoded = base64.b64encode(person_image(3)).decode()
+
+    response = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces?wait=true",
+        {"image_base64": encoded},
+        content_type="application/json",
+    )
+
+    assert response.status_code == 201, response.content
+
+
+def test_an_image_without_a_face_is_rejected_with_reason_no_face(tenant_api, subject):
+    blank = encode(np.full((480, 640, 3), 200, dtype=np.uint8))
+
+    response = tenant_api.enroll(subject["id"], blank)
+
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/face-rejected")
+    assert response.json()["reasons"] == ["NO_FACE"]
+
+
+def test_two_faces_are_refused_unless_the_largest_is_asked_for(tenant_api, subject):
+    image = np.full((480, 800, 3), 200, dtype=np.uint8)
+    draw_face(image, 220, 240, 110, CartoonPerson.from_seed(4))
+    draw_face(image, 600, 240, 80, CartoonPerson.from_seed(5))
+
+    refused = tenant_api.enroll(subject["id"], encode(image))
+    accepted = tenant_api.enroll(subject["id"], encode(image), largest="true")
+
+    assert refused.status_code == 422
+    assert refused.json()["reasons"] == ["MULTIPLE_FACES"]
+    assert accepted.status_code == 201
+    assert accepted.json()["bbox"]["x"] < 400, "the largest face is the one on the left"
+
+
+def test_a_face_too_small_to_enroll_says_so(tenant_api, subject):
+    response = tenant_api.enroll(subject["id"], encode(face_photo(size=40)))
+
+    assert response.status_code == 422
+    assert "SMALL_FACE" in response.json()["reasons"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "reason"),
+    [
+        (b"", 400, "EMPTY_IMAGE"),
+        (b"this is plain text, not a JPEG", 415, "UNSUPPORTED_FORMAT"),
+    ],
+)
+def test_unusable_files_are_refused_at_once_with_a_4xx_problem(tenant_api, subject, payload, status, reason):
+    response = tenant_api.enroll(subject["id"], payload)
+
+    assert response.status_code == status
+    assert response.json()["reason"] == reason
+    with operator_transaction():
+        assert not Job.objects.exists(), "no job is queued for a file that cannot be decoded"
+
+
+def test_a_truncated_jpeg_is_refused_at_once(tenant_api, subject):
+    truncated = person_image(6)[:2000]
+
+    response = tenant_api.enroll(subject["id"], truncated)
+
+    assert 400 <= response.status_code < 500
+    assert response["Content-Type"] == "application/problem+json"
+
+
+def test_a_request_without_an_image_is_a_validation_problem(tenant_api, subject):
+    response = tenant_api.post(f"/v1/subjects/{subject['id']}/faces", {}, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "image" in response.json()["errors"]
+
+
+def test_a_retried_request_with_the_same_idempotency_key_creates_one_face(tenant_api, subject):
+    headers = {"Idempotency-Key": "enroll-ada-1"}
+    image = person_image(7)
+
+    first = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces?wait=true", {"image": upload_file(image)}, headers=headers
+    )
+    retry = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces?wait=true", {"image": upload_file(image)}, headers=headers
+    )
+
+    assert first.status_code == retry.status_code == 201
+    assert first.json()["id"] == retry.json()["id"]
+    with operator_transaction():
+        assert Face.objects.filter(subject_id=subject["id"]).count() == 1
+
+
+def test_an_idempotency_key_reused_for_a_different_image_is_refused(tenant_api, subject):
+    headers = {"Idempotency-Key": "enroll-ada-2"}
+    tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces?wait=true",
+        {"image": upload_file(person_image(8))},
+        headers=headers,
+    )
+
+    response = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces?wait=true",
+        {"image": upload_file(person_image(9))},
+        headers=headers,
+    )
+
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/idempotency-key-reused")
+
+
+def test_the_image_is_stored_under_the_tenants_prefix_when_the_tenant_stores_images(tenant_api, subject):
+    face = tenant_api.enroll(subject["id"], person_image(10)).json()
+
+    assert face["image_stored"] is True
+    assert bucket_keys(f"tenants/{tenant_api.tenant.id}/") == [
+        f"tenants/{tenant_api.tenant.id}/faces/{face['id']}"
+    ]
+
+
+def test_no_image_is_kept_when_the_tenant_opts_out(db):
+    private = make_tenant_api("Private", store_images=False)
+    gallery = private.create_gallery()
+    subject = private.create_subject(gallery["id"], "p-1")
+
+    face = private.enroll(subject["id"], person_image(11)).json()
+
+    assert face["image_stored"] is False
+    assert bucket_keys(f"tenants/{private.tenant.id}/") == []
+    with operator_transaction():
+        assert Job.objects.get(result__face__id=face["id"]).input_image is None
+
+
+def test_faces_of_a_subject_are_listed(tenant_api, subject):
+    enrolled = [tenant_api.enroll(subject["id"], person_image(seed)).json()["id"] for seed in (12, 13)]
+
+    listed = tenant_api.get(f"/v1/subjects/{subject['id']}/faces").json()["data"]
+
+    assert [face["id"] for face in listed] == enrolled

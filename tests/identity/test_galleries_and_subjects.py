@@ -1,0 +1,126 @@
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_gallery_is_created_and_records_the_model_version(tenant_api):
+    response = tenant_api.post(
+        "/v1/galleries", {"name": "Lobby", "description": "Front door"}, content_type="application/json"
+    )
+
+    body = response.json()
+    assert response.status_code == 201
+    assert uuid.UUID(body["id"])
+    assert body["name"] == "Lobby"
+    assert body["description"] == "Front door"
+    assert body["model_version"].startswith("sface")
+    assert body["subject_count"] == 0
+    assert body["face_count"] == 0
+
+
+def test_a_gallery_without_a_name_is_a_validation_problem(tenant_api):
+    response = tenant_api.post("/v1/galleries", {"description": "no name"}, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"].endswith("/validation-error")
+    assert "name" in body["errors"]
+
+
+def test_galleries_are_listed_with_cursor_pagination(tenant_api):
+    created = [tenant_api.create_gallery(f"g{index}")["id"] for index in range(3)]
+
+    first = tenant_api.get("/v1/galleries?limit=2").json()
+    second = tenant_api.get(f"/v1/galleries?limit=2&cursor={first['next_cursor']}").json()
+
+    assert [item["id"] for item in first["data"] + second["data"]] == created
+    assert second["next_cursor"] is None
+
+
+def test_a_malformed_cursor_is_a_validation_problem(tenant_api):
+    response = tenant_api.get("/v1/galleries?cursor=not-a-cursor")
+
+    assert response.status_code == 400
+    assert "cursor" in response.json()["errors"]
+
+
+def test_a_gallery_is_renamed_and_deleted(tenant_api):
+    gallery = tenant_api.create_gallery("Old")
+
+    renamed = tenant_api.patch(f"/v1/galleries/{gallery['id']}", {"name": "New"})
+    deleted = tenant_api.delete(f"/v1/galleries/{gallery['id']}")
+
+    assert renamed.json()["name"] == "New"
+    assert deleted.status_code == 204
+    assert tenant_api.get(f"/v1/galleries/{gallery['id']}").status_code == 404
+
+
+def test_a_missing_a_malformed_and_another_tenants_gallery_look_the_same(tenant_api, other_tenant_api):
+    foreign = other_tenant_api.create_gallery("Theirs")
+
+    answers = [
+        tenant_api.get(f"/v1/galleries/{gallery_id}")
+        for gallery_id in (foreign["id"], str(uuid.uuid4()), "not-a-uuid")
+    ]
+
+    assert {response.status_code for response in answers} == {404}
+    bodies = [
+        {key: value for key, value in response.json().items() if key not in {"instance", "request_id"}}
+        for response in answers
+    ]
+    assert bodies[0] == bodies[1] == bodies[2]
+
+
+def test_subjects_are_unique_per_gallery_by_external_id(tenant_api):
+    gallery = tenant_api.create_gallery()
+    tenant_api.create_subject(gallery["id"], "emp-1", name="Ada")
+
+    duplicate = tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/subjects", {"external_id": "emp-1"}, content_type="application/json"
+    )
+    elsewhere = tenant_api.create_subject(tenant_api.create_gallery("Other")["id"], "emp-1")
+
+    assert duplicate.status_code == 409
+    assert duplicate.json()["type"].endswith("/conflict")
+    assert elsewhere["external_id"] == "emp-1"
+
+
+def test_subjects_are_found_by_external_id_updated_and_deleted(tenant_api):
+    gallery = tenant_api.create_gallery()
+    ada = tenant_api.create_subject(gallery["id"], "emp-1", name="Ada", metadata={"team": "ops"})
+    tenant_api.create_subject(gallery["id"], "emp-2")
+
+    found = tenant_api.get(f"/v1/galleries/{gallery['id']}/subjects?external_id=emp-1").json()["data"]
+    updated = tenant_api.patch(
+        f"/v1/subjects/{ada['id']}", {"name": "Ada L.", "metadata": {"team": "dev"}}
+    ).json()
+    deleted = tenant_api.delete(f"/v1/subjects/{ada['id']}")
+
+    assert [subject["id"] for subject in found] == [ada["id"]]
+    assert updated["name"] == "Ada L."
+    assert updated["metadata"] == {"team": "dev"}
+    assert deleted.status_code == 204
+    assert tenant_api.get(f"/v1/subjects/{ada['id']}").status_code == 404
+
+
+def test_subject_metadata_must_be_an_object(tenant_api):
+    gallery = tenant_api.create_gallery()
+
+    response = tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/subjects",
+        {"external_id": "x", "metadata": [1, 2]},
+        content_type="application/json",
+    )
+
+    assert response.status_code == 400
+    assert "metadata" in response.json()["errors"]
+
+
+def test_every_identity_route_needs_an_api_key(client):
+    response = client.get("/v1/galleries")
+
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"

@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+
+from tenants.models import UsageRecord
+from tenants.rls import tenant_transaction
+from tests.face_images import CartoonPerson, draw_face, encode, person_image
+from tests.identity.conftest import upload_file
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
+
+
+@pytest.fixture
+def enrolled(tenant_api):
+    """A gallery with three enrolled subjects, seeds 21, 22 and 23."""
+    gallery = tenant_api.create_gallery()
+    subjects = {}
+    for seed in (21, 22, 23):
+        subject = tenant_api.create_subject(gallery["id"], f"emp-{seed}")
+        assert tenant_api.enroll(subject["id"], person_image(seed)).status_code == 201
+        subjects[seed] = subject
+    return gallery, subjects
+
+
+def _identify(api, gallery_id, image, **options):
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return api.post(f"/v1/galleries/{gallery_id}/identify?{query}", {"image": upload_file(image)})
+
+
+def test_an_enrolled_person_is_identified(tenant_api, enrolled):
+    gallery, subjects = enrolled
+
+    response = _identify(tenant_api, gallery["id"], person_image(22))
+
+    body = response.json()
+    assert response.status_code == 200, body
+    [face] = body["faces"]
+    assert face["match"]["external_id"] == "emp-22"
+    assert face["match"]["subject_id"] == subjects[22]["id"]
+    assert face["match"]["similarity"] > 0.99
+    assert 0 < face["match"]["confidence"] <= 1
+    assert face["candidates"][0]["subject_id"] == subjects[22]["id"]
+    assert set(face) >= {"bbox", "landmarks", "detection_score", "mask", "quality", "match", "candidates"}
+    assert body["model"] == gallery["model_version"]
+    assert body["took_ms"] > 0
+
+
+def test_nobody_above_the_threshold_is_an_unknown_person_not_an_error(tenant_api, enrolled):
+    gallery, _ = enrolled
+
+    response = _identify(tenant_api, gallery["id"], person_image(99), threshold=0.995)
+
+    [face] = response.json()["faces"]
+    assert response.status_code == 200
+    assert face["match"] is None
+    assert len(face["candidates"]) == 3, "candidates are still listed for an unknown person"
+
+
+def test_top_k_limits_the_candidates(tenant_api, enrolled):
+    gallery, _ = enrolled
+
+    [face] = _identify(tenant_api, gallery["id"], person_image(21), top_k=2).json()["faces"]
+
+    assert len(face["candidates"]) == 2
+
+
+def test_every_face_in_the_photo_is_identified_up_to_max_faces(tenant_api, enrolled):
+    gallery, _ = enrolled
+    image = np.full((480, 900, 3), 200, dtype=np.uint8)
+    draw_face(image, 230, 240, 110, CartoonPerson.from_seed(21))
+    draw_face(image, 670, 240, 110, CartoonPerson.from_seed(23))
+
+    both = _identify(tenant_api, gallery["id"], encode(image)).json()["faces"]
+    one = _identify(tenant_api, gallery["id"], encode(image), max_faces=1).json()["faces"]
+
+    assert len(both) == 2
+    assert len(one) == 1
+
+
+def test_a_photo_without_faces_answers_an_empty_list(tenant_api, enrolled):
+    gallery, _ = enrolled
+
+    response = _identify(tenant_api, gallery["id"], encode(np.full((300, 300, 3), 90, dtype=np.uint8)))
+
+    assert response.status_code == 200
+    assert response.json()["faces"] == []
+
+
+def test_identify_with_an_invalid_option_is_a_validation_problem(tenant_api, enrolled):
+    gallery, _ = enrolled
+
+    response = _identify(tenant_api, gallery["id"], person_image(21), top_k=0)
+
+    assert response.status_code == 400
+    assert "top_k" in response.json()["errors"]
+
+
+def test_each_identify_call_is_metered_once(tenant_api, enrolled):
+    gallery, _ = enrolled
+
+    for _ in range(2):
+        _identify(tenant_api, gallery["id"], person_image(21))
+
+    with tenant_transaction(tenant_api.tenant.id):
+        assert UsageRecord.objects.filter(operation="identify").count() == 2
+        assert UsageRecord.objects.filter(operation="enroll").count() == 3
+
+
+def test_verify_two_images_of_the_same_person(tenant_api):
+    response = tenant_api.post(
+        "/v1/verify", {"image": upload_file(person_image(31)), "image2": upload_file(person_image(31))}
+    )
+
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["match"] is True
+    assert body["similarity"] > 0.99
+    assert set(body) >= {"match", "similarity", "confidence", "threshold"}
+
+
+def test_verify_against_a_subjects_templates(tenant_api, enrolled):
+    _, subjects = enrolled
+
+    same = tenant_api.post(
+        "/v1/verify", {"image": upload_file(person_image(23)), "subject_id": subjects[23]["id"]}
+    )
+    other = tenant_api.post(
+        "/v1/verify?threshold=0.995",
+        {"image": upload_file(person_image(21)), "subject_id": subjects[23]["id"]},
+    )
+
+    assert same.json()["match"] is True
+    assert other.json()["match"] is False
+
+
+def test_verify_needs_exactly_one_of_image2_and_subject_id(tenant_api):
+    response = tenant_api.post("/v1/verify", {"image": upload_file(person_image(31))})
+
+    assert response.status_code == 400
+    assert "image2" in response.json()["errors"]
+
+
+def test_detect_reports_faces_with_mask_and_quality_without_searching(tenant_api):
+    response = tenant_api.post("/v1/detect", {"image": upload_file(person_image(41))})
+
+    body = response.json()
+    assert response.status_code == 200, body
+    [face] = body["faces"]
+    assert face["detection_score"] > 0.5
+    assert set(face["mask"]) == {"masked", "probability"}
+    assert set(face["quality"]) == {"score", "issues"}
+    assert body["image"] == {"width": 640, "height": 480}
