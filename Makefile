@@ -25,6 +25,7 @@ run: install
 	$(VENV_PY) -m infra.devstack run
 
 test: install lint
+	@test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "chromium could not be installed; tests/e2e will skip" >&2
 	$(VENV_PY) -m infra.devstack test -- $(PYTEST_ARGS)
 
 lint: .venv/.synced

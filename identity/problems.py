@@ -65,3 +65,11 @@ class FaceNotUsable(Problem):
 
     def __init__(self, detail: str, *, reasons: list[str]):
         super().__init__(detail, extra={"reasons": reasons})
+
+
+class GalleryModelMismatch(Problem):
+    """The gallery's templates come from another embedding model than the one the service runs."""
+
+    status_code = 409
+    problem_type = "gallery-needs-reembed"
+    title = "Gallery needs re-embedding"

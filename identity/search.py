@@ -18,8 +18,10 @@ from identity.models import FaceTemplate, Gallery
 
 ANN_MIN_TEMPLATES = 20_000
 HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_CONSTRUCTION = 128
+HNSW_EF_SEARCH = 200
 TEMPLATES_PER_SUBJECT_FETCHED = 8
+MIN_TEMPLATES_FETCHED = 50
 
 _TABLE = FaceTemplate._meta.db_table
 
@@ -74,7 +76,7 @@ def nearest_templates(
     with transaction.atomic(), connection.cursor() as cursor:
         # Only the gallery's own partial HNSW index can serve this query; these settings apply to it alone.
         cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(100, 2 * limit))])
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(HNSW_EF_SEARCH, 4 * limit))])
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     hits = [

@@ -4,6 +4,7 @@ Every function is keyword-only and takes the tenant explicitly. Long-running wor
 runs inside a database transaction; the transactions around it are short and lock the row they change.
 """
 
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -20,7 +21,12 @@ from identity import search, selectors
 from identity.face_pipeline import get_face_pipeline
 from identity.matching import Candidate, default_threshold, rank_subjects
 from identity.models import Face, FaceTemplate, Gallery, Job, PendingObjectDeletion, Subject
-from identity.problems import FaceNotUsable, InvalidImage, NotFound, SubjectExternalIdConflict
+from identity.problems import (
+    FaceNotUsable,
+    GalleryModelMismatch,
+    InvalidImage,
+    SubjectExternalIdConflict,
+)
 from identity.serializers import face_geometry, face_representation
 from tenants.rls import tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
@@ -387,6 +393,8 @@ class Identification:
     subjects: dict
     model_version: str
     took_ms: float
+    # Milliseconds per stage (decode, detect, align, quality, embed, mask, search) for Server-Timing.
+    stage_ms: dict[str, float]
 
 
 def _require_quota(*, tenant, operation: str) -> None:
@@ -416,10 +424,14 @@ def identify(
     started = time.perf_counter()
     analysis = _analyze(image_bytes, max_faces=max_faces)
     if analysis.model_version != gallery.model_version:
-        raise NotFound("gallery templates for the running model (re-embed the gallery)")
+        raise GalleryModelMismatch(
+            f"The gallery's templates were made with {gallery.model_version}; the service now runs "
+            f"{analysis.model_version}. Re-embed the gallery (manage.py reembed --gallery {gallery.id})."
+        )
+    search_started = time.perf_counter()
     threshold = threshold if threshold is not None else _tenant_threshold(tenant, gallery.model_version)
     identified = []
-    fetch = max(50, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
+    fetch = max(search.MIN_TEMPLATES_FETCHED, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
     with tenant_transaction(tenant.id):
         for face in analysis.faces:
             hits = search.nearest_templates(
@@ -437,11 +449,13 @@ def identify(
             units=1,
             idempotency_key=f"request:{request_id}",
         )
+    search_ms = (time.perf_counter() - search_started) * 1000
     return Identification(
         faces=identified,
         subjects=subjects,
         model_version=analysis.model_version,
         took_ms=round((time.perf_counter() - started) * 1000, 1),
+        stage_ms={**dataclasses.asdict(analysis.timings), "search_ms": search_ms},
     )
 
 

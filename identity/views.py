@@ -10,7 +10,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from identity import selectors, services
 from identity.models import IdempotentRequest, Job
@@ -33,7 +32,7 @@ from identity.serializers import (
     job_representation,
     subject_representation,
 )
-from tenants.rls import tenant_transaction
+from tenants.views import TenantAPIView
 
 JOB_POLL_INTERVAL_SECONDS = 0.1
 
@@ -82,18 +81,12 @@ def _options(request) -> dict:
     return {**body, **request.query_params.dict()}
 
 
-class TenantView(APIView):
-    """Every identity view runs its reads and writes in a transaction scoped to the caller's tenant."""
-
-    @property
-    def tenant(self):
-        return self.request.user.tenant
-
-    def tenant_transaction(self):
-        return tenant_transaction(self.tenant.id)
+def _server_timing(stage_ms: dict[str, float]) -> str:
+    """Where the time of a recognition call went, as a standard Server-Timing header."""
+    return ", ".join(f"{name.removesuffix('_ms')};dur={value:.1f}" for name, value in stage_ms.items())
 
 
-class GalleryListView(TenantView):
+class GalleryListView(TenantAPIView):
     required_scopes = {"GET": "read", "POST": "manage"}
 
     @extend_schema(request=GalleryCreateSerializer, responses={201: dict})
@@ -104,7 +97,7 @@ class GalleryListView(TenantView):
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery.id)
         return Response(gallery_representation(gallery), status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=[PaginationSerializer], responses={200: dict})
+    @extend_schema(operation_id="v1_galleries_list", parameters=[PaginationSerializer], responses={200: dict})
     def get(self, request):
         page = _validated(PaginationSerializer, request.query_params)
         with self.tenant_transaction():
@@ -114,9 +107,10 @@ class GalleryListView(TenantView):
         return Response(body)
 
 
-class GalleryDetailView(TenantView):
+class GalleryDetailView(TenantAPIView):
     required_scopes = {"GET": "read", "PATCH": "manage", "DELETE": "manage"}
 
+    @extend_schema(responses={200: dict})
     def get(self, request, gallery_id):
         with self.tenant_transaction():
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
@@ -131,6 +125,7 @@ class GalleryDetailView(TenantView):
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
         return Response(gallery_representation(gallery))
 
+    @extend_schema(responses={204: None})
     def delete(self, request, gallery_id):
         with self.tenant_transaction():
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
@@ -138,7 +133,7 @@ class GalleryDetailView(TenantView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class SubjectListView(TenantView):
+class SubjectListView(TenantAPIView):
     required_scopes = {"GET": "read", "POST": "enroll"}
 
     @extend_schema(request=SubjectCreateSerializer, responses={201: dict})
@@ -153,6 +148,7 @@ class SubjectListView(TenantView):
     @extend_schema(
         parameters=[PaginationSerializer, OpenApiParameter("external_id", str)], responses={200: dict}
     )
+    @extend_schema(responses={200: dict})
     def get(self, request, gallery_id):
         page = _validated(PaginationSerializer, request.query_params)
         with self.tenant_transaction():
@@ -164,9 +160,10 @@ class SubjectListView(TenantView):
         return Response(body)
 
 
-class SubjectDetailView(TenantView):
+class SubjectDetailView(TenantAPIView):
     required_scopes = {"GET": "read", "PATCH": "enroll", "DELETE": "enroll"}
 
+    @extend_schema(responses={200: dict})
     def get(self, request, subject_id):
         with self.tenant_transaction():
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
@@ -181,6 +178,7 @@ class SubjectDetailView(TenantView):
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
         return Response(subject_representation(subject))
 
+    @extend_schema(responses={204: None})
     def delete(self, request, subject_id):
         with self.tenant_transaction():
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
@@ -188,7 +186,7 @@ class SubjectDetailView(TenantView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class SubjectFacesView(TenantView):
+class SubjectFacesView(TenantAPIView):
     required_scopes = {"GET": "read", "POST": "enroll"}
     parser_classes = [MultiPartParser, JSONParser]
 
@@ -249,7 +247,7 @@ class SubjectFacesView(TenantView):
                 return selectors.job_get(tenant=self.tenant, job_id=earlier.body["job_id"])
         job = services.request_face_enrollment(
             tenant=self.tenant,
-            api_key=self.request.auth,
+            api_key=self.api_key,
             subject=subject,
             image_bytes=image,
             largest=largest,
@@ -293,14 +291,16 @@ class SubjectFacesView(TenantView):
         return Response(body)
 
 
-class FaceDetailView(TenantView):
+class FaceDetailView(TenantAPIView):
     required_scopes = {"GET": "read", "DELETE": "enroll"}
 
+    @extend_schema(responses={200: dict})
     def get(self, request, face_id):
         with self.tenant_transaction():
             face = selectors.face_get(tenant=self.tenant, face_id=face_id)
         return Response(face_representation(face))
 
+    @extend_schema(responses={204: None})
     def delete(self, request, face_id):
         with self.tenant_transaction():
             face = selectors.face_get(tenant=self.tenant, face_id=face_id)
@@ -308,7 +308,7 @@ class FaceDetailView(TenantView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class IdentifyView(TenantView):
+class IdentifyView(TenantAPIView):
     required_scopes = {"POST": "identify"}
     parser_classes = [MultiPartParser, JSONParser]
 
@@ -329,7 +329,7 @@ class IdentifyView(TenantView):
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
         result = services.identify(
             tenant=self.tenant,
-            api_key=request.auth,
+            api_key=self.api_key,
             gallery=gallery,
             image_bytes=image,
             request_id=request._request.request_id,
@@ -349,11 +349,12 @@ class IdentifyView(TenantView):
                 ],
                 "model": result.model_version,
                 "took_ms": result.took_ms,
-            }
+            },
+            headers={"Server-Timing": _server_timing(result.stage_ms)},
         )
 
 
-class VerifyView(TenantView):
+class VerifyView(TenantAPIView):
     required_scopes = {"POST": "identify"}
     parser_classes = [MultiPartParser, JSONParser]
 
@@ -387,7 +388,7 @@ class VerifyView(TenantView):
             )
         result = services.verify(
             tenant=self.tenant,
-            api_key=request.auth,
+            api_key=self.api_key,
             image_bytes=image,
             image2_bytes=image2,
             subject=subject,
@@ -405,7 +406,7 @@ class VerifyView(TenantView):
         )
 
 
-class DetectView(TenantView):
+class DetectView(TenantAPIView):
     required_scopes = {"POST": "identify"}
     parser_classes = [MultiPartParser, JSONParser]
 
@@ -425,7 +426,7 @@ class DetectView(TenantView):
         started = time.perf_counter()
         analysis = services.detect(
             tenant=self.tenant,
-            api_key=request.auth,
+            api_key=self.api_key,
             image_bytes=image,
             request_id=request._request.request_id,
             **options,
@@ -440,9 +441,10 @@ class DetectView(TenantView):
         )
 
 
-class JobDetailView(TenantView):
+class JobDetailView(TenantAPIView):
     required_scopes = {"GET": "read"}
 
+    @extend_schema(responses={200: dict})
     def get(self, request, job_id):
         with self.tenant_transaction():
             job = selectors.job_get(tenant=self.tenant, job_id=job_id)

@@ -10,7 +10,6 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 PROBLEM_BASE = "https://visor.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -99,6 +98,10 @@ def problem_exception_handler(exc, context):
         exc = exceptions.NotFound("The resource does not exist.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    # Imported here: DRF loads the default authentication classes (which raise these problems) while
+    # rest_framework.views is still importing.
+    from rest_framework.views import exception_handler
+
     response = exception_handler(exc, context)
     if response is None:
         return None

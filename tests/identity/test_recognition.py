@@ -42,6 +42,8 @@ def test_an_enrolled_person_is_identified(tenant_api, enrolled):
     assert set(face) >= {"bbox", "landmarks", "detection_score", "mask", "quality", "match", "candidates"}
     assert body["model"] == gallery["model_version"]
     assert body["took_ms"] > 0
+    timing = response["Server-Timing"]
+    assert all(f"{stage};dur=" in timing for stage in ("decode", "detect", "embed", "search"))
 
 
 def test_nobody_above_the_threshold_is_an_unknown_person_not_an_error(tenant_api, enrolled):
