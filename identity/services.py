@@ -418,7 +418,7 @@ def identify(
     top_k: int,
     threshold: float | None,
     max_faces: int,
-    request_id: str,
+    usage_key: str,
 ) -> Identification:
     _require_quota(tenant=tenant, operation="identify")
     started = time.perf_counter()
@@ -447,7 +447,7 @@ def identify(
             api_key=api_key,
             operation="identify",
             units=1,
-            idempotency_key=f"request:{request_id}",
+            idempotency_key=usage_key,
         )
     search_ms = (time.perf_counter() - search_started) * 1000
     return Identification(
@@ -490,7 +490,7 @@ def verify(
     image2_bytes: bytes | None,
     subject: Subject | None,
     threshold: float | None,
-    request_id: str,
+    usage_key: str,
 ) -> Verification:
     from identity.matching import confidence
 
@@ -522,7 +522,7 @@ def verify(
             api_key=api_key,
             operation="verify",
             units=1,
-            idempotency_key=f"request:{request_id}",
+            idempotency_key=usage_key,
         )
     return Verification(
         match=similarity >= threshold,
@@ -533,7 +533,7 @@ def verify(
     )
 
 
-def detect(*, tenant, api_key, image_bytes: bytes, max_faces: int, request_id: str) -> ImageAnalysis:
+def detect(*, tenant, api_key, image_bytes: bytes, max_faces: int, usage_key: str) -> ImageAnalysis:
     _require_quota(tenant=tenant, operation="detect")
     analysis = _analyze(image_bytes, max_faces=max_faces)
     with tenant_transaction(tenant.id):
@@ -542,7 +542,7 @@ def detect(*, tenant, api_key, image_bytes: bytes, max_faces: int, request_id: s
             api_key=api_key,
             operation="detect",
             units=1,
-            idempotency_key=f"request:{request_id}",
+            idempotency_key=usage_key,
         )
     return analysis
 

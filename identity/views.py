@@ -81,6 +81,13 @@ def _options(request) -> dict:
     return {**body, **request.query_params.dict()}
 
 
+def _usage_key(request) -> str:
+    """What meters a recognition call once: the client's Idempotency-Key when it sends one (so a retried
+    call is not billed twice), else the request id."""
+    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:200]
+    return f"idempotency:{idempotency_key}" if idempotency_key else f"request:{request._request.request_id}"
+
+
 def _server_timing(stage_ms: dict[str, float]) -> str:
     """Where the time of a recognition call went, as a standard Server-Timing header."""
     return ", ".join(f"{name.removesuffix('_ms')};dur={value:.1f}" for name, value in stage_ms.items())
@@ -332,7 +339,7 @@ class IdentifyView(TenantAPIView):
             api_key=self.api_key,
             gallery=gallery,
             image_bytes=image,
-            request_id=request._request.request_id,
+            usage_key=_usage_key(request),
             **options,
         )
         return Response(
@@ -393,7 +400,7 @@ class VerifyView(TenantAPIView):
             image2_bytes=image2,
             subject=subject,
             threshold=options["threshold"],
-            request_id=request._request.request_id,
+            usage_key=_usage_key(request),
         )
         return Response(
             {
@@ -428,7 +435,7 @@ class DetectView(TenantAPIView):
             tenant=self.tenant,
             api_key=self.api_key,
             image_bytes=image,
-            request_id=request._request.request_id,
+            usage_key=_usage_key(request),
             **options,
         )
         return Response(

@@ -191,6 +191,10 @@ CELERY_TIMEZONE = "UTC"
 VISOR_MODEL_DIR = Path(os.environ.get("VISOR_MODEL_DIR", BASE_DIR / "var" / "models"))
 VISOR_ONNX_THREADS = env_int("VISOR_ONNX_THREADS", 2)
 
+# --- Billing -----------------------------------------------------------------------------------------
+VISOR_INVOICE_EXPORTER = os.environ.get("VISOR_INVOICE_EXPORTER", "tenants.exporters.FileExporter")
+VISOR_INVOICE_EXPORT_DIR = Path(os.environ.get("VISOR_INVOICE_EXPORT_DIR", BASE_DIR / "var" / "invoices"))
+
 # --- Logging: one JSON object per line, every line carrying the request id --------------------------
 LOGGING = {
     "version": 1,

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from tenants import charts, selectors, services
 from tenants.forms import ApiKeyIssueForm, TenantOnboardingForm
-from tenants.models import ApiKey, AuditEvent, Plan, Tenant, UsageRecord
+from tenants.models import ApiKey, AuditEvent, Invoice, InvoiceLine, Plan, Tenant, UsageRecord
 from tenants.services import IssuedApiKey
 
 ISSUED_KEYS_TEMPLATE = "admin/tenants/issued_api_keys.html"
@@ -338,3 +338,30 @@ class UsageRecordAdmin(_ReadOnlyAdmin):
     list_select_related = ["tenant", "api_key"]
     search_fields = ["=idempotency_key"]
     date_hierarchy = "created_at"
+
+
+# --- Billing ----------------------------------------------------------------------------------------------
+# Tenant list's "usage this month" column and the tenant page's usage chart (above) already cover usage.
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    fields = ["operation", "units", "included", "billable", "unit_price_per_1000", "amount"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(_ReadOnlyAdmin):
+    """Read-only: invoices are computed by tenants.billing_services, and final ones never change."""
+
+    list_display = ["period_start", "tenant", "status", "total", "currency", "finalized_at"]
+    list_filter = ["status", "tenant"]
+    list_select_related = ["tenant"]
+    search_fields = ["=id", "tenant__slug"]
+    date_hierarchy = "period_start"
+    inlines = [InvoiceLineInline]

@@ -216,3 +216,89 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.units} {self.operation}"
+
+
+class DailyUsage(models.Model):
+    """Units per tenant, operation, API key and UTC day, summed from the UsageRecord ledger. Tenant data.
+
+    A cache of the ledger, never written directly: `tenants.billing.rebuild_daily_usage` replaces a day's rows
+    from the ledger, so the ledger stays the single source of truth. The key is identified by its prefix
+    (unique and never reused) and is "" for usage no key caused (the stored-faces snapshot).
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    operation = models.CharField(max_length=32, choices=Operation.choices)
+    api_key_prefix = models.CharField(max_length=32, blank=True, default="")
+    units = models.PositiveBigIntegerField()
+
+    class Meta:
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "day", "operation", "api_key_prefix"], name="daily_usage_one_row_per_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.units} {self.operation}"
+
+
+class Invoice(models.Model):
+    """A tenant's bill for one calendar month (UTC). Tenant data: under row-level security.
+
+    A draft is recomputed from the ledger while its month is open; after the month closes it is finalized
+    and from then on never changes (the services refuse, and a database trigger refuses any write).
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        FINAL = "final", "Final"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    period_start = models.DateTimeField(help_text="First instant of the month, UTC (inclusive).")
+    period_end = models.DateTimeField(help_text="First instant of the next month, UTC (exclusive).")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
+    currency = models.CharField(max_length=3)
+    monthly_price = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    subtotal = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    total = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    plan_snapshot = models.JSONField(default=dict, help_text="The plan's name, prices and included units.")
+    computed_at = models.DateTimeField()
+    finalized_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period_start"], name="invoice_one_per_tenant_month"),
+            models.CheckConstraint(
+                condition=models.Q(status="draft", finalized_at__isnull=True)
+                | models.Q(status="final", finalized_at__isnull=False),
+                name="invoice_finalized_at_iff_final",
+            ),
+        ]
+        ordering = ["-period_start"]
+
+    def __str__(self) -> str:
+        return f"{self.period_start:%Y-%m} {self.status} {self.total} {self.currency}"
+
+
+class InvoiceLine(models.Model):
+    """One billable operation on an invoice. Tenant data (carries tenant_id for row-level security)."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    operation = models.CharField(max_length=32, choices=Operation.choices)
+    units = models.PositiveBigIntegerField()
+    included = models.PositiveBigIntegerField()
+    billable = models.PositiveBigIntegerField()
+    unit_price_per_1000 = models.DecimalField(max_digits=12, decimal_places=4)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "operation"], name="invoice_line_one_per_operation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.operation}: {self.amount}"

@@ -1,10 +1,15 @@
+import dataclasses
+
+from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tenants import selectors
-from tenants.models import ApiKey, Plan, Scope, Tenant
+from tenants import billing_selectors, billing_services, exporters, selectors
+from tenants.models import ApiKey, Invoice, Plan, Scope, Tenant
 from tenants.rls import tenant_transaction
 
 
@@ -84,3 +89,92 @@ class CurrentTenantApi(TenantAPIView):
         return Response(
             self.OutputSerializer({"tenant": self.tenant, "api_key": self.api_key, "usage": usage}).data
         )
+
+
+# --- Usage and invoices (docs/billing.md) -----------------------------------------------------------------
+
+MAX_USAGE_RANGE_DAYS = 366
+
+
+class UsageApi(TenantAPIView):
+    """The caller's tenant's usage per day or month, operation and API key, from the DailyUsage aggregates."""
+
+    required_scope = Scope.READ
+
+    class InputSerializer(serializers.Serializer):
+        def get_fields(self):
+            # `from` is a Python keyword, so the fields cannot be class attributes.
+            return {
+                "from": serializers.DateField(),
+                "to": serializers.DateField(),
+                "granularity": serializers.ChoiceField(choices=["day", "month"], default="day"),
+            }
+
+        def validate(self, attrs):
+            if attrs["to"] < attrs["from"]:
+                raise serializers.ValidationError({"to": ["`to` must not be before `from`."]})
+            if (attrs["to"] - attrs["from"]).days >= MAX_USAGE_RANGE_DAYS:
+                raise serializers.ValidationError(
+                    {"to": [f"The range may span at most {MAX_USAGE_RANGE_DAYS} days."]}
+                )
+            return attrs
+
+    def get(self, request):
+        query = self.InputSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        with self.tenant_transaction():
+            report = billing_selectors.usage_report(
+                tenant=self.tenant,
+                first_day=query.validated_data["from"],
+                last_day=query.validated_data["to"],
+                granularity=query.validated_data["granularity"],
+            )
+        return Response(
+            {
+                "from": report.first_day.isoformat(),
+                "to": report.last_day.isoformat(),
+                "granularity": report.granularity,
+                "data": [dataclasses.asdict(row) for row in report.rows],
+                "totals": report.totals,
+            }
+        )
+
+
+class _InvoiceApi(TenantAPIView):
+    required_scope = Scope.READ
+
+    def _current_invoice(self, invoice_id):
+        """The tenant's invoice, a draft recomputed first; 404 for another tenant's or a missing one."""
+        with self.tenant_transaction():
+            invoice = billing_selectors.invoice_of_tenant(tenant=self.tenant, invoice_id=invoice_id)
+            if invoice is None:
+                raise NotFound("The invoice does not exist.")
+            if invoice.status == Invoice.Status.DRAFT:
+                billing_services.refresh_draft_invoice(tenant=self.tenant, period_start=invoice.period_start)
+                invoice = billing_selectors.invoice_of_tenant(tenant=self.tenant, invoice_id=invoice_id)
+        return invoice
+
+
+class InvoiceListApi(TenantAPIView):
+    """The tenant's invoices, newest first; this month's draft is recomputed from the ledger on each call."""
+
+    required_scope = Scope.READ
+
+    def get(self, request):
+        with self.tenant_transaction():
+            billing_services.refresh_draft_invoice(tenant=self.tenant, period_start=timezone.now())
+            invoices = billing_selectors.invoices_of_tenant(tenant=self.tenant)
+            return Response({"data": [exporters.invoice_document(invoice) for invoice in invoices]})
+
+
+class InvoiceDetailApi(_InvoiceApi):
+    def get(self, request, invoice_id):
+        return Response(exporters.invoice_document(self._current_invoice(invoice_id)))
+
+
+class InvoiceCsvApi(_InvoiceApi):
+    def get(self, request, invoice_id):
+        invoice = self._current_invoice(invoice_id)
+        response = HttpResponse(exporters.invoice_csv(invoice), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{exporters.invoice_file_stem(invoice)}.csv"'
+        return response

@@ -107,6 +107,20 @@ def test_each_identify_call_is_metered_once(tenant_api, enrolled):
         assert UsageRecord.objects.filter(operation="enroll").count() == 3
 
 
+def test_a_retried_identify_with_the_same_idempotency_key_is_metered_once(tenant_api, enrolled):
+    gallery, _ = enrolled
+    for _ in range(2):
+        response = tenant_api.post(
+            f"/v1/galleries/{gallery['id']}/identify",
+            {"image": upload_file(person_image(21))},
+            headers={"Idempotency-Key": "gate-3-frame-1"},
+        )
+        assert response.status_code == 200
+
+    with tenant_transaction(tenant_api.tenant.id):
+        assert UsageRecord.objects.filter(operation="identify").count() == 1
+
+
 def test_verify_two_images_of_the_same_person(tenant_api):
     response = tenant_api.post(
         "/v1/verify", {"image": upload_file(person_image(31)), "image2": upload_file(person_image(31))}
