@@ -76,7 +76,7 @@ def make_tenant_api(name: str, *, scopes=ALL_SCOPES, store_images: bool = True) 
 
 
 def _roomy_plan() -> Plan:
-    """A plan whose limits no functional test reaches (transactional tests flush the migrated default plan)."""
+    """A plan whose limits no functional test reaches (transactional tests flush the default plan)."""
     plan, _ = Plan.objects.get_or_create(
         name="functional-tests",
         defaults={

@@ -7,7 +7,7 @@ from tests.conftest import REPO_ROOT
 
 
 def _production_env() -> dict[str, str]:
-    # Explicit values: manage.py fills unset variables from var/visor.env, which `make run` writes with DEBUG=1.
+    # Explicit values: manage.py fills unset variables from var/visor.env, which make run writes with DEBUG=1.
     env = {key: value for key, value in os.environ.items() if key != "SECURE_SSL_REDIRECT"}
     env.update(DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="api.example.com")
     return env
