@@ -1,0 +1,118 @@
+"""Retries, backoff and idempotency keys against the real server; faults are injected in the transport."""
+
+import socket
+import time
+
+import httpx
+import pytest
+import visor
+
+from tenants.models import Plan
+from tests.face_images import person_image
+from tests.identity.conftest import make_tenant_api
+from tests.sdk.conftest import RecordingTransport
+
+pytestmark = pytest.mark.django_db(transaction=True)
+FAST = visor.RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.05)
+
+
+def _client(server, transport, policy=FAST) -> visor.Client:
+    return server.client(http_client=httpx.Client(transport=transport), retry_policy=policy)
+
+
+def test_a_404_is_not_retried(visor_server):
+    transport = RecordingTransport()
+    with _client(visor_server, transport) as client, pytest.raises(visor.NotFoundError):
+        client.galleries.get("00000000-0000-0000-0000-000000000000")
+    assert transport.statuses == [404]
+
+
+def test_a_post_retried_after_a_dropped_connection_reuses_its_idempotency_key_and_enrolls_once(visor_server):
+    def drop_first_enrollment(request, attempt):
+        return "drop-after-send" if request.url.path.endswith("/faces") and attempt <= 3 else None
+
+    transport = RecordingTransport(drop_first_enrollment)
+    with _client(visor_server, transport) as client:
+        gallery = client.galleries.create(name="Staff")
+        subject = client.subjects.create(gallery_id=gallery.id, external_id="ann")
+        face = client.faces.enroll(subject_id=subject.id, image=person_image(7))
+        faces = list(client.faces.list(subject_id=subject.id))
+
+    posts = [r for r in transport.requests if r.method == "POST" and r.url.path.endswith("/faces")]
+    assert len(posts) == 2, transport.statuses
+    keys = {r.headers["Idempotency-Key"] for r in posts}
+    assert len(keys) == 1
+    assert keys != {""}
+    assert [f.id for f in faces] == [face.id]
+    # Every POST carries a key, and different calls get different keys.
+    all_keys = [r.headers.get("Idempotency-Key") for r in transport.requests if r.method == "POST"]
+    assert all(all_keys)
+    assert len(set(all_keys)) == 3
+
+
+def test_a_5xx_is_retried_with_the_same_idempotency_key(visor_server):
+    def fail_once(request, attempt):
+        return httpx.Response(503, json={"title": "Unavailable"}) if attempt == 1 else None
+
+    transport = RecordingTransport(fail_once)
+    with _client(visor_server, transport) as client:
+        gallery = client.galleries.create(name="Once")
+        assert [g.id for g in client.galleries.list()] == [gallery.id]
+    assert transport.statuses[:2] == [503, 201]
+    assert (
+        transport.requests[0].headers["Idempotency-Key"] == transport.requests[1].headers["Idempotency-Key"]
+    )
+
+
+def test_a_5xx_that_persists_raises_server_error_after_the_retries(visor_server):
+    transport = RecordingTransport(lambda request, attempt: httpx.Response(502, text="bad gateway"))
+    with _client(visor_server, transport) as client, pytest.raises(visor.ServerError) as error:
+        client.tenant()
+    assert error.value.status == 502
+    assert len(transport.requests) == 1 + FAST.max_retries
+
+
+def test_rate_limited_requests_wait_for_retry_after_and_then_succeed(
+    live_server, celery_worker, transactional_db
+):
+    api = make_tenant_api("Tight")
+    Plan.objects.filter(pk=api.tenant.plan_id).update(requests_per_second=1, burst=1)
+    transport = RecordingTransport()
+    started = time.monotonic()
+    with visor.Client(
+        api_key=api.key, base_url=live_server.url, http_client=httpx.Client(transport=transport)
+    ) as client:
+        for _ in range(3):
+            client.tenant()
+    assert 429 in transport.statuses
+    assert transport.statuses.count(200) == 3
+    assert time.monotonic() - started >= 1.0
+
+
+def test_a_rate_limit_is_raised_when_retries_are_exhausted(live_server, celery_worker, transactional_db):
+    api = make_tenant_api("Tight")
+    Plan.objects.filter(pk=api.tenant.plan_id).update(requests_per_second=0.01, burst=1)
+    with visor.Client(api_key=api.key, base_url=live_server.url) as client:
+        client.tenant()
+        with pytest.raises(visor.RateLimitError) as error:
+            client.tenant()
+    assert error.value.status == 429
+    assert error.value.retry_after
+    assert error.value.retry_after > 60
+
+
+def test_connection_errors_are_retried_then_raised(visor_server):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    transport = RecordingTransport()
+    client = visor.Client(
+        api_key="k",
+        base_url=f"http://127.0.0.1:{port}",
+        http_client=httpx.Client(transport=transport),
+        retry_policy=FAST,
+    )
+    with pytest.raises(visor.APIConnectionError):
+        client.galleries.create(name="x")
+    assert len(transport.requests) == 1 + FAST.max_retries
+    assert len({r.headers["Idempotency-Key"] for r in transport.requests}) == 1
