@@ -278,6 +278,16 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=face, error=None)
 
 
+def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
+    """End a job whose processing kept failing on infrastructure errors."""
+    return _finish_job(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        face=None,
+        error={"reason": "INTERNAL_ERROR", "detail": "Enrollment failed after retries: " + detail},
+    )
+
+
 def _choose_enrollment_face(
     analysis: ImageAnalysis, *, largest: bool
 ) -> tuple[FaceAnalysis | None, dict | None]:

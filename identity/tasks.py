@@ -1,6 +1,6 @@
 """Celery tasks of the identity API. Each takes ids as keyword arguments and is safe to run twice."""
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import connection
 
 from identity import search, services, webhooks
@@ -8,7 +8,17 @@ from identity.models import Gallery, PendingObjectDeletion
 from tenants.rls import operator_transaction, tenant_transaction
 
 
-@shared_task(name="enrollment.enroll_face", bind=True, max_retries=5, default_retry_delay=2)
+class EnrollmentTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """Out of retries: the job is marked failed (clients and webhooks learn of it), never left queued."""
+        services.fail_enrollment_job(
+            job_id=kwargs["job_id"], tenant_id=kwargs["tenant_id"], detail=f"{type(exc).__name__}: {exc}"
+        )
+
+
+@shared_task(
+    name="enrollment.enroll_face", bind=True, base=EnrollmentTask, max_retries=5, default_retry_delay=2
+)
 def enroll_face(self, *, job_id: str, tenant_id: str) -> str:
     try:
         return services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id).status

@@ -23,6 +23,7 @@ app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=n
 app.conf.task_create_missing_queues = False
 app.conf.task_routes = {
     "workers.ping": {"queue": "maintenance"},
+    "workers.sleep_then_record": {"queue": "maintenance"},
     "enrollment.*": {"queue": "enrollment"},
     "identify.*": {"queue": "identify"},
     "maintenance.*": {"queue": "maintenance"},

@@ -1,7 +1,7 @@
 """Container HEALTHCHECK for the api role: GET /healthz on the local gunicorn (standard library only).
 
-Django answers 400 to a Host header it does not allow, so the request names the first concrete entry of
-ALLOWED_HOSTS (keep `localhost` in it; the Kubernetes probes send `Host: localhost` too).
+Django answers 400 to a Host header it does not allow, so the request sends `Host: localhost` when
+ALLOWED_HOSTS allows it (keep it there: the Kubernetes probes send it too), else its first entry.
 """
 
 import os
