@@ -2,7 +2,8 @@ import dataclasses
 
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
@@ -119,6 +120,15 @@ class UsageApi(TenantAPIView):
                 )
             return attrs
 
+    @extend_schema(
+        operation_id="v1_usage_retrieve",
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, required=True),
+            OpenApiParameter("to", OpenApiTypes.DATE, required=True),
+            OpenApiParameter("granularity", str, enum=["day", "month"]),
+        ],
+        responses={200: dict},
+    )
     def get(self, request):
         query = self.InputSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -160,6 +170,7 @@ class InvoiceListApi(TenantAPIView):
 
     required_scope = Scope.READ
 
+    @extend_schema(operation_id="v1_invoices_list", responses={200: dict})
     def get(self, request):
         with self.tenant_transaction():
             billing_services.refresh_draft_invoice(tenant=self.tenant, period_start=timezone.now())
@@ -168,11 +179,13 @@ class InvoiceListApi(TenantAPIView):
 
 
 class InvoiceDetailApi(_InvoiceApi):
+    @extend_schema(operation_id="v1_invoices_retrieve", responses={200: dict})
     def get(self, request, invoice_id):
         return Response(exporters.invoice_document(self._current_invoice(invoice_id)))
 
 
 class InvoiceCsvApi(_InvoiceApi):
+    @extend_schema(operation_id="v1_invoices_csv", responses={(200, "text/csv"): str})
     def get(self, request, invoice_id):
         invoice = self._current_invoice(invoice_id)
         response = HttpResponse(exporters.invoice_csv(invoice), content_type="text/csv; charset=utf-8")

@@ -8,15 +8,18 @@ import re
 import numpy as np
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 from identity.models import Face, FaceTemplate, Gallery, Job, Subject
+from tenants.billing_services import refresh_draft_invoice
+from tenants.periods import calendar_month
 from tenants.rls import operator_transaction, tenant_transaction
 from tests.face_images import person_image
 from tests.identity.conftest import upload_file
 
 pytestmark = pytest.mark.django_db
 
-OBJECT_PARAMETERS = {"gallery_id", "subject_id", "face_id", "job_id"}
+OBJECT_PARAMETERS = {"gallery_id", "subject_id", "face_id", "job_id", "invoice_id"}
 
 
 def _v1_routes() -> list[tuple[str, type]]:
@@ -68,7 +71,14 @@ def victim(other_tenant_api):
             model_version=gallery.model_version,
         )
         job = Job.objects.create(tenant=tenant, kind=Job.Kind.ENROLL_FACE, subject=subject)
-    return {"gallery_id": gallery.id, "subject_id": subject.id, "face_id": face.id, "job_id": job.id}
+        invoice = refresh_draft_invoice(tenant=tenant, period_start=calendar_month(timezone.now()).start)
+    return {
+        "gallery_id": gallery.id,
+        "subject_id": subject.id,
+        "face_id": face.id,
+        "job_id": job.id,
+        "invoice_id": invoice.id,
+    }
 
 
 def _snapshot() -> list:
@@ -92,9 +102,7 @@ def test_tenant_a_cannot_see_change_or_delete_tenant_b_objects_on_any_route(tena
     for route, view_class in _v1_routes():
         if "<" not in route:
             continue
-        path = route
-        for name, value in victim.items():
-            path = path.replace(f"<str:{name}>", str(value))
+        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda parameter: str(victim[parameter.group(1)]), route)
         for method in _methods(view_class):
             if method == "get":
                 response = tenant_api.get(path)
