@@ -42,7 +42,7 @@ class CartoonPerson:
 def draw_face(
     image: np.ndarray, centre_x: int, centre_y: int, size: int, person: CartoonPerson = CartoonPerson()
 ) -> dict[str, tuple[int, int]]:
-    """Draw a frontal cartoon face (head half-width ~face_width * size) in place; returns where its parts are."""
+    """Draw a frontal cartoon face (head half-width ~face_width * size) in place; return its parts."""
 
     def at(dx: float, dy: float) -> tuple[int, int]:
         return centre_x + round(dx * size), centre_y + round(dy * size)
