@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from identity.search import TemplateHit
 from workers.pipeline.scoring import calibration_for
 
-DEFAULT_FALSE_ACCEPT_RATE = 1e-3
+# A 1:N search makes one comparison per enrolled subject, so its false-accept rate per comparison must be
+# far lower than a 1:1 check's for a stranger to come back unknown in a gallery of thousands.
+DEFAULT_FALSE_ACCEPT_RATE = {"verify": 1e-3, "identify": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,8 @@ class Candidate:
     matched_template_kind: str
 
 
-def default_threshold(model_version: str) -> float:
-    return calibration_for(model_version).threshold_for_far(DEFAULT_FALSE_ACCEPT_RATE)
+def default_threshold(model_version: str, *, operation: str) -> float:
+    return calibration_for(model_version).threshold_for_far(DEFAULT_FALSE_ACCEPT_RATE[operation])
 
 
 def confidence(similarity: float, model_version: str) -> float:

@@ -439,7 +439,11 @@ def identify(
             f"{analysis.model_version}. Re-embed the gallery (manage.py reembed --gallery {gallery.id})."
         )
     search_started = time.perf_counter()
-    threshold = threshold if threshold is not None else _tenant_threshold(tenant, gallery.model_version)
+    threshold = (
+        threshold
+        if threshold is not None
+        else _tenant_threshold(tenant, gallery.model_version, operation="identify")
+    )
     identified = []
     fetch = max(search.MIN_TEMPLATES_FETCHED, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
     with tenant_transaction(tenant.id):
@@ -469,11 +473,11 @@ def identify(
     )
 
 
-def _tenant_threshold(tenant, model_version: str) -> float:
+def _tenant_threshold(tenant, model_version: str, *, operation: str) -> float:
     return (
         tenant.default_match_threshold
         if tenant.default_match_threshold is not None
-        else default_threshold(model_version)
+        else default_threshold(model_version, operation=operation)
     )
 
 
@@ -525,7 +529,9 @@ def verify(
     else:
         other = _single_face(_analyze(image2_bytes, max_faces=1), "image2")
         similarity = float(np.dot(probe.embedding, other.embedding))
-    threshold = threshold if threshold is not None else _tenant_threshold(tenant, model_version)
+    threshold = (
+        threshold if threshold is not None else _tenant_threshold(tenant, model_version, operation="verify")
+    )
     with tenant_transaction(tenant.id):
         record_usage(
             tenant=tenant,

@@ -1,0 +1,153 @@
+import random
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.workers.pipeline.conftest import draw_face, face_photo, require_shared_data
+from workers.pipeline.detection import FaceDetector, non_maximum_suppression
+from workers.pipeline.intake import decode_image
+
+
+@pytest.fixture(scope="module")
+def detector(pipeline_config):
+    return FaceDetector(pipeline_config.detection)
+
+
+def test_cartoon_face_is_found_with_landmarks_in_yunet_order(detector):
+    image = np.full((480, 640, 3), 200, np.uint8)
+    parts = draw_face(image, 320, 240, 100)
+
+    faces = detector.detect(image)
+
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.score > 0.8
+    right_eye, left_eye, nose, mouth_right, mouth_left = face.landmark_array()
+    # The subject's right eye is on the image's left: YuNet's first landmark has the smaller x.
+    # The eyes are 70 px apart; YuNet puts a cartoon's eye points within ~15 px of the irises.
+    assert np.hypot(*(right_eye - parts["image_left_eye"])) < 20
+    assert np.hypot(*(left_eye - parts["image_right_eye"])) < 20
+    assert np.hypot(*(nose - parts["nose"])) < 25
+    assert mouth_right[0] < mouth_left[0]
+    assert np.hypot(*((mouth_right + mouth_left) / 2 - parts["mouth"])) < 25
+    box = face.bbox
+    for x, y in face.landmarks:
+        assert box.x < x < box.x + box.width
+        assert box.y < y < box.y + box.height
+
+
+def test_plain_and_noisy_images_have_no_faces(detector):
+    rng = np.random.default_rng(0)
+    assert detector.detect(np.full((480, 640, 3), 128, np.uint8)) == []
+    assert detector.detect(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) == []
+
+
+def test_decoding_matches_opencv_reference(detector, pipeline_config):
+    """Our own decoding of the raw outputs reproduces cv2.FaceDetectorYN on the same 640x640 input."""
+    image = np.full((640, 640, 3), 190, np.uint8)
+    draw_face(image, 200, 220, 90)
+    draw_face(image, 470, 400, 55)
+    config = pipeline_config.detection
+    reference = cv2.FaceDetectorYN.create(
+        str(config.model_path), "", (640, 640), config.score_threshold, config.nms_iou_threshold, 5000
+    )
+
+    _, expected = reference.detect(image)
+    faces = detector.detect(image)
+
+    assert expected is not None
+    assert len(faces) == len(expected) == 2
+    expected = expected[np.argsort(-expected[:, 14])]
+    for face, row in zip(faces, expected, strict=True):
+        assert face.score == pytest.approx(row[14], abs=1e-3)
+        assert (face.bbox.x, face.bbox.y, face.bbox.width, face.bbox.height) == pytest.approx(
+            row[:4], abs=0.05
+        )
+        np.testing.assert_allclose(face.landmark_array().ravel(), row[4:14], atol=0.05)
+
+
+@pytest.mark.parametrize(("width", "height", "centre"), [(1000, 400, (820, 200)), (360, 900, (180, 640))])
+def test_letterboxed_coordinates_are_in_source_pixels(detector, width, height, centre):
+    image = np.full((height, width, 3), 200, np.uint8)
+    parts = draw_face(image, *centre, 70)
+
+    faces = detector.detect(image)
+
+    assert len(faces) == 1
+    assert np.hypot(*(faces[0].landmark_array()[0] - parts["image_left_eye"])) < 15
+    assert np.hypot(*(faces[0].landmark_array()[1] - parts["image_right_eye"])) < 15
+
+
+def test_several_faces_are_all_returned_best_first(detector):
+    image = np.full((480, 900, 3), 200, np.uint8)
+    for centre_x in (150, 450, 750):
+        draw_face(image, centre_x, 240, 80)
+
+    faces = detector.detect(image)
+
+    assert len(faces) == 3
+    assert sorted(round(face.bbox.x / 300) for face in faces) == [0, 1, 2]
+    assert [face.score for face in faces] == sorted((face.score for face in faces), reverse=True)
+
+
+def test_score_threshold_is_configurable(pipeline_config):
+    strict = FaceDetector(replace(pipeline_config.detection, score_threshold=0.99))
+
+    assert strict.detect(face_photo()) == []
+
+
+def test_tiles_find_a_small_face_in_a_large_photo(detector, pipeline_config):
+    image = np.full((3000, 4000, 3), 200, np.uint8)
+    parts = draw_face(image, 2500, 1700, 50)  # an 80 px wide face: 13 px once the photo is shrunk to 640
+    whole_image_only = FaceDetector(
+        replace(pipeline_config.detection, tile_size=100_000, score_threshold=0.3)
+    )
+
+    assert whole_image_only.detect(image) == []
+    faces = detector.detect(image)
+    assert len(faces) == 1
+    assert np.hypot(*(faces[0].landmark_array()[0] - parts["image_left_eye"])) < 15
+
+
+def test_a_face_in_overlapping_tiles_is_reported_once(detector):
+    # Tiles of 1280 px over 4000 x 3000 start at x = 0, 907, 1813, 2720 and y = 0, 860, 1720: (1100, 1070)
+    # lies in four tiles at once.
+    image = np.full((3000, 4000, 3), 200, np.uint8)
+    draw_face(image, 1100, 1070, 50)
+
+    assert len(detector.detect(image)) == 1
+
+
+def test_non_maximum_suppression_keeps_distinct_boxes_best_first():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 10, 10], [0, 0, 10, 10.5]], np.float32)
+    scores = np.array([0.7, 0.9, 0.8, 0.6], np.float32)
+
+    assert non_maximum_suppression(boxes, scores, iou_threshold=0.3) == [1, 2]
+    assert non_maximum_suppression(boxes, scores, iou_threshold=0.99) == [1, 2, 0, 3]
+
+
+@pytest.mark.shared_data
+def test_masked_faces_are_found_in_most_rwmfd_photos(detector):
+    """RWMFD: real photos of masked people; every one shows at least one face."""
+    image_dir = require_shared_data("rwmfd_part1", "images")
+    sample = random.Random(0).sample(sorted(image_dir.glob("*/*")), 120)
+
+    found = sum(bool(detector.detect(decode_image(path.read_bytes()))) for path in sample)
+
+    # Measured on all 1,194 images: 97.6% at the default threshold.
+    assert found / len(sample) >= 0.95
+
+
+@pytest.mark.shared_data
+def test_lfw_faces_are_found_at_the_centre(detector):
+    image_dir = require_shared_data("lfw_a", "lfw")
+    sample = random.Random(0).sample(sorted(image_dir.glob("*/*.jpg")), 40)
+
+    for path in sample:
+        image = decode_image(path.read_bytes())
+        centres = [
+            (f.bbox.x + f.bbox.width / 2, f.bbox.y + f.bbox.height / 2) for f in detector.detect(image)
+        ]
+        assert any(abs(x - 125) < 40 and abs(y - 125) < 40 for x, y in centres), path.name

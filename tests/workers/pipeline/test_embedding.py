@@ -1,0 +1,128 @@
+import hashlib
+import re
+import shutil
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.workers.pipeline.conftest import face_photo
+from workers.pipeline.alignment import align_face
+from workers.pipeline.detection import FaceDetector
+from workers.pipeline.embedding import FaceEmbedder
+from workers.pipeline.errors import ModelUnavailable
+from workers.pipeline.onnx_session import BATCH_DIMENSION_NAME
+
+
+@pytest.fixture(scope="module")
+def embedder(pipeline_config):
+    return FaceEmbedder.from_config(pipeline_config.embedding)
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    """Three different 112x112 crops: structured noise, so every embedding differs."""
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
+    return np.stack([cv2.resize(tile, (112, 112), interpolation=cv2.INTER_CUBIC) for tile in noise])
+
+
+@pytest.fixture(scope="module")
+def face_crop(pipeline_config) -> np.ndarray:
+    photo = face_photo()
+    face = FaceDetector(pipeline_config.detection).detect(photo)[0]
+    return align_face(photo, face.landmark_array())
+
+
+def test_embeddings_are_unit_length_float32(embedder, crops):
+    embeddings = embedder.embed(list(crops))
+
+    assert embeddings.shape == (3, 128)
+    assert embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
+    assert np.abs(embeddings @ embeddings.T - np.eye(3)).max() > 0.01  # different crops, different vectors
+
+
+def test_same_input_gives_identical_output(embedder, crops):
+    np.testing.assert_array_equal(embedder.embed(list(crops)), embedder.embed(list(crops)))
+
+
+def test_batch_equals_one_at_a_time(embedder, crops):
+    batch = embedder.embed(crops)
+    singles = np.concatenate([embedder.embed([crop]) for crop in crops])
+
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+
+
+def test_a_batch_is_one_session_run(embedder, crops, monkeypatch):
+    calls = []
+    original_run = ort.InferenceSession.run
+
+    def counting_run(self, *args, **kwargs):
+        calls.append(args[1][next(iter(args[1]))].shape)
+        return original_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
+    embedder.embed(np.concatenate([crops, crops]))
+
+    assert calls == [(6, 3, 112, 112)]
+
+
+def test_the_pinned_batch_dimension_of_the_export_is_freed(embedder):
+    session = embedder._loaded().session
+
+    assert session.get_inputs()[0].shape[0] == BATCH_DIMENSION_NAME
+    assert len(session.get_inputs()) == 1  # the weights are no longer listed as graph inputs
+
+
+def test_no_crops_give_an_empty_matrix(embedder):
+    assert embedder.embed([]).shape == (0, 128)
+
+
+@pytest.mark.parametrize(
+    "bad_crop",
+    [np.zeros((112, 112, 3), np.float32), np.zeros((96, 96, 3), np.uint8), np.zeros((112, 112), np.uint8)],
+)
+def test_wrong_crops_are_refused(embedder, bad_crop):
+    with pytest.raises(ValueError, match="aligned uint8 crops"):
+        embedder.embed([bad_crop])
+
+
+def test_matches_opencv_face_recognizer(embedder, face_crop, pipeline_config):
+    """SFace wants RGB: OpenCV's FaceRecognizerSF.feature feeds it blobFromImage(swapRB=true)."""
+    reference = cv2.FaceRecognizerSF.create(str(pipeline_config.embedding.model_path), "")
+    expected = reference.feature(face_crop).ravel()
+    expected /= np.linalg.norm(expected)
+    bgr_fed = FaceEmbedder(pipeline_config.embedding.model_path, channel_order="bgr")
+
+    assert float(embedder.embed([face_crop])[0] @ expected) > 0.9999
+    assert float(bgr_fed.embed([face_crop])[0] @ expected) < 0.99  # the check can tell the two apart
+
+
+def test_model_version_names_the_model_and_its_weights(embedder, pipeline_config):
+    digest = hashlib.sha256(pipeline_config.embedding.model_path.read_bytes()).hexdigest()
+
+    assert embedder.model_version == f"sface-2021dec-{digest[:12]}"
+
+
+def test_another_model_file_gets_its_own_name_and_session(embedder, pipeline_config, tmp_path, crops):
+    student_path = tmp_path / "student.onnx"
+    shutil.copyfile(pipeline_config.embedding.model_path, student_path)
+
+    student = FaceEmbedder(student_path, model_name="student-v1")
+
+    assert re.fullmatch(r"student-v1-[0-9a-f]{12}", student.model_version)
+    assert student._loaded().session is not embedder._loaded().session
+    np.testing.assert_array_equal(student.embed(crops), embedder.embed(crops))
+
+
+def test_one_session_per_model_and_process(embedder, pipeline_config):
+    again = FaceEmbedder.from_config(pipeline_config.embedding)
+
+    assert again._loaded().session is embedder._loaded().session
+
+
+def test_missing_model_is_a_deployment_error(tmp_path):
+    with pytest.raises(ModelUnavailable, match="cannot read model"):
+        FaceEmbedder(tmp_path / "absent.onnx").embed([])

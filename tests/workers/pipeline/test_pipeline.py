@@ -1,0 +1,229 @@
+import io
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.workers.pipeline.conftest import draw_face, encode, face_photo, require_shared_data
+from workers.pipeline.alignment import align_face
+from workers.pipeline.config import IntakeLimits
+from workers.pipeline.embedding import FaceEmbedder
+from workers.pipeline.errors import (
+    CorruptImage,
+    EmptyImage,
+    ModelUnavailable,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from workers.pipeline.intake import decode_image
+from workers.pipeline.pipeline import FacePipeline, ImageAnalysis, MaskPrediction
+from workers.pipeline.quality import QualityIssue
+
+
+class RecordingMaskClassifier:
+    def __init__(self, answer: tuple[bool, float] = (True, 0.87), extra_answers: int = 0) -> None:
+        self.answer = answer
+        self.extra_answers = extra_answers
+        self.calls: list[tuple[list[np.ndarray], np.ndarray]] = []
+
+    def predict(self, aligned_crops, embeddings):
+        self.calls.append((aligned_crops, embeddings))
+        return [self.answer] * (len(aligned_crops) + self.extra_answers)
+
+
+def three_faces_photo() -> np.ndarray:
+    image = np.full((480, 960, 3), 200, np.uint8)
+    for centre_x, size in [(160, 60), (480, 100), (800, 80)]:
+        draw_face(image, centre_x, 240, size)
+    return image
+
+
+@pytest.fixture
+def count_embed_calls(monkeypatch):
+    calls: list[int] = []
+    original_embed = FaceEmbedder.embed
+
+    def counting_embed(self, crops):
+        calls.append(len(crops))
+        return original_embed(self, crops)
+
+    monkeypatch.setattr(FaceEmbedder, "embed", counting_embed)
+    return calls
+
+
+def test_one_face_is_fully_described(face_pipeline):
+    data = encode(face_photo(), "JPEG", quality=92)
+
+    analysis = face_pipeline.analyze(data, purpose="identify", max_faces=5)
+
+    assert (analysis.width, analysis.height) == (640, 480)
+    assert analysis.faces_detected == 1
+    assert analysis.model_version == face_pipeline.embedder.model_version
+    (face,) = analysis.faces
+    assert face.detection_score > 0.8
+    assert len(face.landmarks) == 5
+    assert 0.0 <= face.quality.score <= 1.0
+    assert face.mask is None  # no classifier configured
+    assert face.embedding.shape == (128,)
+    assert face.embedding.dtype == np.float32
+    assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-6)
+    assert face.aligned_crop.shape == (112, 112, 3)
+    timings = analysis.timings
+    assert min(timings.decode_ms, timings.detect_ms, timings.align_ms, timings.embed_ms) > 0
+    assert timings.total_ms >= timings.detect_ms + timings.embed_ms
+
+
+def test_embedding_is_that_of_the_aligned_crop(face_pipeline):
+    data = encode(face_photo(), "PNG")
+
+    face = face_pipeline.analyze(data, purpose="identify").faces[0]
+
+    expected_crop = align_face(decode_image(data), np.asarray(face.landmarks, np.float32))
+    np.testing.assert_array_equal(face.aligned_crop, expected_crop)
+    np.testing.assert_allclose(face.embedding, face_pipeline.embedder.embed([expected_crop])[0], atol=1e-6)
+
+
+def test_no_face_gives_an_empty_analysis(face_pipeline):
+    analysis = face_pipeline.analyze(encode(np.full((300, 400, 3), 90, np.uint8)), purpose="identify")
+
+    assert analysis.faces == ()
+    assert analysis.faces_detected == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "refusal"),
+    [
+        (b"", EmptyImage),
+        (b"GIF89a....", UnsupportedFormat),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 8, CorruptImage),
+    ],
+)
+def test_bad_bytes_raise_typed_refusals(face_pipeline, data, refusal):
+    with pytest.raises(refusal):
+        face_pipeline.analyze(data, purpose="identify")
+
+
+def test_intake_limits_come_from_the_configuration(pipeline_config):
+    small_limits = FacePipeline(replace(pipeline_config, intake=IntakeLimits(max_pixels=100_000)))
+
+    with pytest.raises(TooManyPixels):
+        small_limits.analyze(encode(face_photo()), purpose="identify")
+
+
+def test_max_faces_keeps_the_largest(face_pipeline):
+    analysis = face_pipeline.analyze(encode(three_faces_photo()), purpose="identify", max_faces=2)
+
+    assert analysis.faces_detected == 3
+    assert [round(face.bbox.x / 320) for face in analysis.faces] == [1, 2]  # sizes 100, then 80
+
+
+@pytest.mark.parametrize(
+    ("purpose", "max_faces", "message"), [("search", 1, "purpose"), ("identify", 0, "max_faces")]
+)
+def test_invalid_arguments_are_programming_errors(face_pipeline, purpose, max_faces, message):
+    with pytest.raises(ValueError, match=message):
+        face_pipeline.analyze(encode(face_photo()), purpose=purpose, max_faces=max_faces)
+
+
+def test_purpose_selects_the_quality_floors(face_pipeline):
+    small_face = encode(face_photo(size=30), "PNG")  # about 21 px between the eyes
+
+    enroll = face_pipeline.analyze(small_face, purpose="enroll").faces[0]
+    identify = face_pipeline.analyze(small_face, purpose="identify").faces[0]
+
+    assert QualityIssue.SMALL_FACE in enroll.quality.issues
+    assert QualityIssue.SMALL_FACE not in identify.quality.issues
+    assert enroll.quality.score == identify.quality.score
+
+
+def test_batch_embeds_every_face_in_one_call_and_matches_single_analysis(face_pipeline, count_embed_calls):
+    images = [encode(three_faces_photo(), "PNG"), b"", encode(face_photo(), "PNG")]
+
+    results = face_pipeline.analyze_batch(images, purpose="identify")
+
+    assert count_embed_calls == [4]
+    assert isinstance(results[1], EmptyImage)
+    assert [len(result.faces) for result in (results[0], results[2])] == [3, 1]
+    for data, result in [(images[0], results[0]), (images[2], results[2])]:
+        single = face_pipeline.analyze(data, purpose="identify")
+        assert isinstance(result, ImageAnalysis)
+        for batched_face, single_face in zip(result.faces, single.faces, strict=True):
+            np.testing.assert_allclose(batched_face.embedding, single_face.embedding, atol=1e-5)
+
+
+def test_mask_classifier_sees_every_crop_with_its_embedding(pipeline_config):
+    classifier = RecordingMaskClassifier(answer=(True, 0.87))
+    pipeline = FacePipeline(pipeline_config, mask_classifier=classifier)
+
+    analysis = pipeline.analyze(encode(three_faces_photo(), "PNG"), purpose="identify")
+
+    ((crops, embeddings),) = classifier.calls
+    assert len(crops) == 3
+    assert all(crop.shape == (112, 112, 3) and crop.dtype == np.uint8 for crop in crops)
+    np.testing.assert_array_equal(embeddings, np.stack([face.embedding for face in analysis.faces]))
+    assert [face.mask for face in analysis.faces] == [MaskPrediction(masked=True, probability=0.87)] * 3
+    assert analysis.timings.mask_ms > 0
+
+
+def test_a_mask_classifier_answering_the_wrong_number_of_faces_is_caught(pipeline_config):
+    pipeline = FacePipeline(pipeline_config, mask_classifier=RecordingMaskClassifier(extra_answers=1))
+
+    with pytest.raises(RuntimeError, match="mask classifier"):
+        pipeline.analyze(encode(face_photo()), purpose="identify")
+
+
+def test_the_real_mask_classifier_fits_the_interface(pipeline_config):
+    mask_classifier = pytest.importorskip("workers.pipeline.mask_classifier")
+    try:
+        classifier = mask_classifier.MaskClassifier.load()
+    except ModelUnavailable as error:
+        pytest.skip(f"the mask classifier's weights are not there yet: {error}")
+    pipeline = FacePipeline(pipeline_config, mask_classifier=classifier)
+
+    (face,) = pipeline.analyze(encode(face_photo()), purpose="identify").faces
+
+    assert face.mask is not None
+    assert 0.0 <= face.mask.probability <= 1.0
+    assert face.mask.masked == (face.mask.probability >= 0.5)
+
+
+def test_exif_rotated_upload_is_analysed_upright(face_pipeline):
+    sideways = cv2.rotate(face_photo(), cv2.ROTATE_90_COUNTERCLOCKWISE)  # what a phone sensor stores
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    Image.fromarray(cv2.cvtColor(sideways, cv2.COLOR_BGR2RGB)).save(buffer, "JPEG", exif=exif, quality=92)
+
+    analysis = face_pipeline.analyze(buffer.getvalue(), purpose="identify")
+
+    assert (analysis.width, analysis.height) == (640, 480)
+    (face,) = analysis.faces
+    assert abs(face.quality.pose.roll) < 10
+
+
+@pytest.mark.shared_data
+def test_lfw_pairs_are_told_apart(face_pipeline):
+    lfw = require_shared_data("lfw_a")
+    lines = (lfw / "pairs.txt").read_text().splitlines()[1:]
+    pairs = lines[:20] + lines[300:320]  # the first fold's first 20 genuine and 20 impostor pairs
+
+    def embedding(name: str, number: str) -> np.ndarray:
+        data = (lfw / "lfw" / name / f"{name}_{int(number):04d}.jpg").read_bytes()
+        faces = face_pipeline.analyze(data, purpose="identify").faces
+        return min(faces, key=lambda f: abs(f.bbox.x + f.bbox.width / 2 - 125)).embedding
+
+    similarities, genuine = [], []
+    for line in pairs:
+        fields = line.split()
+        if len(fields) == 3:
+            first, second = embedding(fields[0], fields[1]), embedding(fields[0], fields[2])
+        else:
+            first, second = embedding(fields[0], fields[1]), embedding(fields[2], fields[3])
+        similarities.append(float(first @ second))
+        genuine.append(len(fields) == 3)
+    similarities, genuine = np.array(similarities), np.array(genuine)
+
+    assert similarities[genuine].mean() - similarities[~genuine].mean() > 0.4
+    assert max(((similarities >= t) == genuine).mean() for t in similarities) >= 0.95

@@ -1,0 +1,1 @@
+"""Background workers of Visor: the face pipeline core and model training code."""

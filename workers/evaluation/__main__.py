@@ -1,0 +1,3 @@
+from workers.evaluation.report import main
+
+main()

@@ -1,0 +1,123 @@
+"""Configuration of the face pipeline as plain frozen dataclasses.
+
+The Django layer builds these from the environment (VISOR_MODEL_DIR, VISOR_ONNX_THREADS, ...); nothing here
+reads the environment itself, so the pipeline runs the same in a worker, a test or an evaluation script.
+"""
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_DIR = REPO_ROOT / "var" / "models"
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+SFACE_FILE = "face_recognition_sface_2021dec.onnx"
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    model_path: Path = DEFAULT_MODEL_DIR / YUNET_FILE
+    score_threshold: float = 0.6
+    nms_iou_threshold: float = 0.3
+    # Faces are found down to ~10 px at the network input. A whole-image pass over a photo whose long side is
+    # much larger than the 640 px input misses small faces, so such photos also get a pass over overlapping
+    # tiles of `tile_size` source pixels (at most `max_tiles`; tiles grow to stay under the cap).
+    tile_size: int = 1280
+    tile_overlap: float = 0.25
+    max_tiles: int = 16
+    # Never enlarge the image more than this to fill the input: enlarging a thumbnail past ~2.5x adds no
+    # detail and makes the network see faces larger than it was trained on.
+    max_upscale: float = 2.5
+
+
+@dataclass(frozen=True)
+class QualityFloors:
+    """Thresholds below (or above) which a face gets the corresponding quality issue."""
+
+    min_inter_eye_px: float
+    min_sharpness: float
+    min_brightness: float
+    max_brightness: float
+    max_yaw_deg: float
+    max_pitch_deg: float
+    max_roll_deg: float
+    min_detection_score: float
+
+
+# Enrollment templates are what every later search is compared with, so they must be good: frontal, sharp,
+# well lit and large enough. Identification accepts what cameras really produce and lets the score decide.
+ENROLL_FLOORS = QualityFloors(
+    min_inter_eye_px=32.0,
+    min_sharpness=60.0,
+    min_brightness=60.0,
+    max_brightness=210.0,
+    max_yaw_deg=30.0,
+    max_pitch_deg=25.0,
+    max_roll_deg=30.0,
+    min_detection_score=0.8,
+)
+IDENTIFY_FLOORS = QualityFloors(
+    min_inter_eye_px=16.0,
+    min_sharpness=20.0,
+    min_brightness=35.0,
+    max_brightness=230.0,
+    max_yaw_deg=50.0,
+    max_pitch_deg=40.0,
+    max_roll_deg=60.0,
+    min_detection_score=0.6,
+)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    enroll: QualityFloors = ENROLL_FLOORS
+    identify: QualityFloors = IDENTIFY_FLOORS
+
+    def floors_for(self, purpose: str) -> QualityFloors:
+        if purpose == "enroll":
+            return self.enroll
+        if purpose == "identify":
+            return self.identify
+        raise ValueError(f"purpose must be 'enroll' or 'identify', not {purpose!r}")
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Which ONNX embedding model to run and how it wants its 112x112 aligned crops.
+
+    The defaults describe SFace (RGB, raw 0..255 values); a replacement model with the same interface only
+    needs a different path, name and, if it was trained so, a different channel order or normalisation.
+    """
+
+    model_path: Path = DEFAULT_MODEL_DIR / SFACE_FILE
+    model_name: str = "sface-2021dec"
+    channel_order: str = "rgb"
+    input_mean: float = 0.0
+    input_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    intake: IntakeLimits = field(default_factory=IntakeLimits)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    intra_op_threads: int = 2
+    inter_op_threads: int = 1
+    # See onnx_session.load_model: only worth enabling on a machine whose cores this process has to itself.
+    thread_spinning: bool = False
+
+    @classmethod
+    def for_model_dir(cls, model_dir: Path, **overrides) -> "PipelineConfig":
+        """The default configuration with both default model files taken from `model_dir`."""
+        model_dir = Path(model_dir)
+        return cls(
+            detection=replace(DetectionConfig(), model_path=model_dir / YUNET_FILE),
+            embedding=replace(EmbeddingConfig(), model_path=model_dir / SFACE_FILE),
+            **overrides,
+        )

@@ -1,0 +1,252 @@
+"""Face detection with YuNet (OpenCV zoo, 2023mar) run through onnxruntime.
+
+The model takes a fixed 640x640 NCHW float32 BGR input with raw 0..255 values and predicts, at strides 8,
+16 and 32, a class score, an objectness score, a box and 5 landmarks per grid cell. Decoding follows
+OpenCV's FaceDetectorYN: score = sqrt(cls * obj), box centre = (cell + offset) * stride, box size =
+exp(log-size) * stride, landmark = (cell + offset) * stride.
+
+Landmark order (YuNet's, kept everywhere in the pipeline): right eye, left eye, nose tip, right mouth
+corner, left mouth corner, where right and left are the subject's own. On a frontal face the subject's
+right eye is on the image's left, so the first point has the smaller x; this is also the order of the
+ArcFace alignment template.
+
+Each image is letterboxed (aspect ratio kept, zero padding right and bottom). Photos much larger than the
+input are additionally scanned as overlapping tiles so that small faces in large photos are found.
+"""
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from workers.pipeline.config import DetectionConfig
+from workers.pipeline.onnx_session import load_model
+
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")
+STRIDES = (8, 16, 32)
+# A thumbnail enlarged this much shows its close-up faces larger than the network was trained on, so it also
+# gets a pass at a smaller enlargement (on the RWMFD masked photos, mostly 256 px: 95.1% -> 97.6% of images).
+_RESCAN_MIN_UPSCALE = 1.5
+_RESCAN_REDUCTION = 1.7
+# Tiles are worth their cost only when they show faces clearly larger than the whole-image pass does.
+_MIN_TILE_MAGNIFICATION = 1.5
+# A tile detection reaching this close (in network pixels) to an edge shared with another tile is probably
+# a cut face; the neighbouring tile (or the whole-image pass) sees it whole.
+_TILE_EDGE_MARGIN = 4.0
+
+
+@dataclass(frozen=True)
+class BoundingBox:
+    """Axis-aligned box in source-image pixels, clipped to the image."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    bbox: BoundingBox
+    score: float
+    # Five (x, y) points in source-image pixels, in LANDMARK_NAMES order; they may lie outside the image.
+    landmarks: tuple[tuple[float, float], ...]
+
+    def landmark_array(self) -> np.ndarray:
+        return np.asarray(self.landmarks, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _View:
+    """A region of the source image and the scale at which it is fed to the network."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    scale: float
+    is_tile: bool
+
+
+class FaceDetector:
+    def __init__(
+        self,
+        config: DetectionConfig,
+        *,
+        intra_op_threads: int = 2,
+        inter_op_threads: int = 1,
+        thread_spinning: bool = False,
+    ) -> None:
+        self.config = config
+        model = load_model(
+            config.model_path,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            thread_spinning=thread_spinning,
+        )
+        self._session = model.session
+        model_input = self._session.get_inputs()[0]
+        self._input_name = model_input.name
+        height, width = model_input.shape[2:]
+        # A model exported with a dynamic size gets the size YuNet was trained at.
+        self.input_width = width if isinstance(width, int) else 640
+        self.input_height = height if isinstance(height, int) else 640
+        self._output_names = [
+            f"{head}_{stride}" for stride in STRIDES for head in ("cls", "obj", "bbox", "kps")
+        ]
+        self._grids = {stride: self._grid(stride) for stride in STRIDES}
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """All faces in a BGR uint8 image, highest score first."""
+        height, width = image.shape[:2]
+        boxes, scores, landmarks, keep_masks = [], [], [], []
+        for view in self._plan_views(width, height):
+            view_boxes, view_scores, view_landmarks = self._detect_in_view(image, view)
+            boxes.append(view_boxes)
+            scores.append(view_scores)
+            landmarks.append(view_landmarks)
+            keep_masks.append(self._not_cut_by_tile_edge(view_boxes, view, width, height))
+        boxes, scores, landmarks = (np.concatenate(parts) for parts in (boxes, scores, landmarks))
+        keep = np.concatenate(keep_masks)
+        boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+        selected = non_maximum_suppression(boxes, scores, self.config.nms_iou_threshold)
+        return [self._face(boxes[i], scores[i], landmarks[i], width, height) for i in selected]
+
+    def _plan_views(self, width: int, height: int) -> list[_View]:
+        whole_scale = min(self.input_width / width, self.input_height / height, self.config.max_upscale)
+        views = [_View(0, 0, width, height, whole_scale, is_tile=False)]
+        if whole_scale >= _RESCAN_MIN_UPSCALE:
+            rescan_scale = max(1.0, whole_scale / _RESCAN_REDUCTION)
+            views.append(_View(0, 0, width, height, rescan_scale, is_tile=False))
+            return views
+        tile_size = self.config.tile_size
+        while True:
+            columns = _tile_starts(width, tile_size, self.config.tile_overlap)
+            rows = _tile_starts(height, tile_size, self.config.tile_overlap)
+            if len(columns) * len(rows) <= self.config.max_tiles:
+                break
+            tile_size = math.ceil(tile_size * 1.25)
+        tile_scale = min(self.input_width, self.input_height) / tile_size
+        if tile_scale < whole_scale * _MIN_TILE_MAGNIFICATION:
+            return views
+        views.extend(
+            _View(x0, y0, min(x0 + tile_size, width), min(y0 + tile_size, height), tile_scale, is_tile=True)
+            for y0 in rows
+            for x0 in columns
+        )
+        return views
+
+    def _detect_in_view(self, image: np.ndarray, view: _View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        region = image[view.y0 : view.y1, view.x0 : view.x1]
+        region_height, region_width = region.shape[:2]
+        resized_width = max(1, min(self.input_width, round(region_width * view.scale)))
+        resized_height = max(1, min(self.input_height, round(region_height * view.scale)))
+        interpolation = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(region, (resized_width, resized_height), interpolation=interpolation)
+        canvas = np.zeros((self.input_height, self.input_width, 3), dtype=np.uint8)
+        canvas[:resized_height, :resized_width] = resized
+        blob = canvas.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+        outputs = dict(
+            zip(
+                self._output_names,
+                self._session.run(self._output_names, {self._input_name: blob}),
+                strict=True,
+            )
+        )
+        boxes, scores, landmarks = self._decode(outputs)
+        # Rounding made the exact per-axis scales differ slightly from view.scale.
+        scale = np.array([resized_width / region_width, resized_height / region_height], dtype=np.float32)
+        offset = np.array([view.x0, view.y0], dtype=np.float32)
+        boxes[:, :2] = boxes[:, :2] / scale + offset
+        boxes[:, 2:] = boxes[:, 2:] / scale
+        landmarks = landmarks / scale + offset
+        return boxes, scores, landmarks
+
+    def _decode(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (x, y, w, h), scores and (5, 2) landmarks above the score threshold, in network pixels."""
+        boxes, scores, landmarks = [], [], []
+        for stride in STRIDES:
+            cls = np.clip(outputs[f"cls_{stride}"].reshape(-1), 0.0, 1.0)
+            obj = np.clip(outputs[f"obj_{stride}"].reshape(-1), 0.0, 1.0)
+            stride_scores = np.sqrt(cls * obj)
+            (kept,) = np.nonzero(stride_scores >= self.config.score_threshold)
+            if kept.size == 0:
+                continue
+            cells = self._grids[stride][kept]
+            deltas = outputs[f"bbox_{stride}"].reshape(-1, 4)[kept]
+            centres = (cells + deltas[:, :2]) * stride
+            sizes = np.exp(deltas[:, 2:]) * stride
+            boxes.append(np.concatenate([centres - sizes / 2, sizes], axis=1))
+            points = outputs[f"kps_{stride}"].reshape(-1, 5, 2)[kept]
+            landmarks.append((points + cells[:, np.newaxis, :]) * stride)
+            scores.append(stride_scores[kept])
+        if not boxes:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        return (
+            np.concatenate(boxes).astype(np.float32),
+            np.concatenate(scores).astype(np.float32),
+            np.concatenate(landmarks).astype(np.float32),
+        )
+
+    def _grid(self, stride: int) -> np.ndarray:
+        columns, rows = self.input_width // stride, self.input_height // stride
+        ys, xs = np.mgrid[0:rows, 0:columns]
+        return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+    def _not_cut_by_tile_edge(self, boxes: np.ndarray, view: _View, width: int, height: int) -> np.ndarray:
+        keep = np.ones(len(boxes), dtype=bool)
+        if not view.is_tile:
+            return keep
+        margin = _TILE_EDGE_MARGIN / view.scale
+        x0, y0 = boxes[:, 0], boxes[:, 1]
+        x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+        if view.x0 > 0:
+            keep &= x0 > view.x0 + margin
+        if view.y0 > 0:
+            keep &= y0 > view.y0 + margin
+        if view.x1 < width:
+            keep &= x1 < view.x1 - margin
+        if view.y1 < height:
+            keep &= y1 < view.y1 - margin
+        return keep
+
+    @staticmethod
+    def _face(box: np.ndarray, score: float, landmarks: np.ndarray, width: int, height: int) -> DetectedFace:
+        x0, y0 = max(0.0, float(box[0])), max(0.0, float(box[1]))
+        x1, y1 = min(float(width), float(box[0] + box[2])), min(float(height), float(box[1] + box[3]))
+        return DetectedFace(
+            bbox=BoundingBox(x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0)),
+            score=float(score),
+            landmarks=tuple((float(x), float(y)) for x, y in landmarks),
+        )
+
+
+def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """Indices of the boxes (x, y, w, h) kept by greedy NMS, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    x0, y0 = boxes[:, 0], boxes[:, 1]
+    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+    areas = boxes[:, 2] * boxes[:, 3]
+    kept = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        kept.append(int(best))
+        overlap_w = np.clip(np.minimum(x1[best], x1[rest]) - np.maximum(x0[best], x0[rest]), 0, None)
+        overlap_h = np.clip(np.minimum(y1[best], y1[rest]) - np.maximum(y0[best], y0[rest]), 0, None)
+        intersection = overlap_w * overlap_h
+        iou = intersection / np.maximum(areas[best] + areas[rest] - intersection, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return kept
+
+
+def _tile_starts(length: int, tile_size: int, overlap: float) -> list[int]:
+    if length <= tile_size:
+        return [0]
+    step = tile_size * (1.0 - overlap)
+    count = math.ceil((length - tile_size) / step) + 1
+    return [round(i * (length - tile_size) / (count - 1)) for i in range(count)]

@@ -1,0 +1,237 @@
+"""One onnxruntime session per model file, thread setting and process.
+
+Models exported from older frameworks (SFace comes from MXNet) list every weight as an overridable graph
+input and pin the batch dimension to 1. The first stops onnxruntime from folding batch norms into the
+convolutions; the second forbids batched inference. Both are fixed here, in memory, by rewriting the few
+protobuf fields involved: the `onnx` package is not a dependency and the weights are left untouched.
+"""
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from workers.pipeline.errors import ModelUnavailable
+
+BATCH_DIMENSION_NAME = "batch"
+
+# ONNX protobuf field numbers (onnx/onnx.proto), only those rewritten here.
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_GRAPH_INPUT = 11
+_GRAPH_OUTPUT = 12
+_GRAPH_VALUE_INFO = 13
+_TENSOR_NAME = 8
+_VALUE_INFO_NAME = 1
+_VALUE_INFO_TYPE = 2
+_TYPE_TENSOR = 1
+_TENSOR_TYPE_SHAPE = 2
+_SHAPE_DIM = 1
+_DIM_PARAM = 2
+
+_WIRE_VARINT, _WIRE_FIXED64, _WIRE_BYTES, _WIRE_FIXED32 = 0, 1, 2, 5
+
+_Field = tuple[int, int, bytes]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    session: ort.InferenceSession
+    sha256: str
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:12]
+
+
+_sessions: dict[tuple[int, Path, int, int, bool, bool], LoadedModel] = {}
+_sessions_lock = threading.Lock()
+
+
+def load_model(
+    path: Path,
+    *,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    thread_spinning: bool = False,
+    free_batch_dimension: bool = False,
+) -> LoadedModel:
+    """The process-wide session for `path`, created on first use.
+
+    The key includes the process id: a session created before a fork (Celery's prefork pool) must not be
+    shared with the child, whose copy of onnxruntime's thread pool is dead.
+
+    `thread_spinning` lets idle pool threads busy-wait for the next operator. It shaves a little latency on
+    a dedicated machine but, with several worker processes sharing the cores, the spinning threads steal
+    the CPU the busy ones need (measured: SFace 2-3x slower on 2 oversubscribed cores), hence off by default.
+    """
+    path = Path(path).resolve()
+    key = (os.getpid(), path, intra_op_threads, inter_op_threads, thread_spinning, free_batch_dimension)
+    with _sessions_lock:
+        if key not in _sessions:
+            _sessions[key] = _create(
+                path, intra_op_threads, inter_op_threads, thread_spinning, free_batch_dimension
+            )
+        return _sessions[key]
+
+
+def _create(
+    path: Path,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    thread_spinning: bool,
+    free_batch_dimension: bool,
+) -> LoadedModel:
+    try:
+        model_bytes = path.read_bytes()
+    except OSError as error:
+        raise ModelUnavailable(f"cannot read model {path}: {error}") from error
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if thread_spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if thread_spinning else "0")
+    try:
+        prepared = prepare_model(model_bytes, free_batch_dimension=free_batch_dimension)
+        session = ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise ModelUnavailable(f"cannot load model {path}: {error}") from error
+    return LoadedModel(session=session, sha256=hashlib.sha256(model_bytes).hexdigest())
+
+
+def prepare_model(model_bytes: bytes, *, free_batch_dimension: bool) -> bytes:
+    """`model_bytes` with weights removed from the graph inputs and, if asked, a symbolic batch dimension.
+
+    Intermediate shape annotations (value_info) are dropped when the batch is freed, since they may still
+    say 1; onnxruntime infers them again.
+    """
+    model_fields = _parse(model_bytes)
+    rewritten = []
+    for number, wire_type, value in model_fields:
+        if number == _MODEL_GRAPH and wire_type == _WIRE_BYTES:
+            value = _prepare_graph(value, free_batch_dimension)
+        rewritten.append((number, wire_type, value))
+    return _serialise(rewritten)
+
+
+def _prepare_graph(graph: bytes, free_batch_dimension: bool) -> bytes:
+    fields = _parse(graph)
+    weight_names = {
+        _string_field(value, _TENSOR_NAME) for number, _, value in fields if number == _GRAPH_INITIALIZER
+    }
+    rewritten = []
+    for number, wire_type, value in fields:
+        if number == _GRAPH_INPUT:
+            if _string_field(value, _VALUE_INFO_NAME) in weight_names:
+                continue
+            if free_batch_dimension:
+                value = _free_first_dimension(value)
+        elif number == _GRAPH_OUTPUT and free_batch_dimension:
+            value = _free_first_dimension(value)
+        elif number == _GRAPH_VALUE_INFO and free_batch_dimension:
+            continue
+        rewritten.append((number, wire_type, value))
+    return _serialise(rewritten)
+
+
+def _free_first_dimension(value_info: bytes) -> bytes:
+    def rewrite_shape(shape: bytes) -> bytes:
+        dims = _parse(shape)
+        first_dim = next((i for i, (number, _, _) in enumerate(dims) if number == _SHAPE_DIM), None)
+        if first_dim is None:
+            return shape
+        symbolic = _serialise([(_DIM_PARAM, _WIRE_BYTES, BATCH_DIMENSION_NAME.encode())])
+        dims[first_dim] = (_SHAPE_DIM, _WIRE_BYTES, symbolic)
+        return _serialise(dims)
+
+    def rewrite_tensor_type(tensor_type: bytes) -> bytes:
+        return _rewrite_submessage(tensor_type, _TENSOR_TYPE_SHAPE, rewrite_shape)
+
+    def rewrite_type(type_proto: bytes) -> bytes:
+        return _rewrite_submessage(type_proto, _TYPE_TENSOR, rewrite_tensor_type)
+
+    return _rewrite_submessage(value_info, _VALUE_INFO_TYPE, rewrite_type)
+
+
+def _rewrite_submessage(message: bytes, field_number: int, rewrite) -> bytes:
+    return _serialise(
+        [
+            (
+                number,
+                wire_type,
+                rewrite(value) if number == field_number and wire_type == _WIRE_BYTES else value,
+            )
+            for number, wire_type, value in _parse(message)
+        ]
+    )
+
+
+def _string_field(message: bytes, field_number: int) -> str | None:
+    for number, wire_type, value in _parse(message):
+        if number == field_number and wire_type == _WIRE_BYTES:
+            return value.decode("utf-8")
+    return None
+
+
+def _read_varint(buffer: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        low_bits = value & 0x7F
+        value >>= 7
+        if value:
+            encoded.append(low_bits | 0x80)
+        else:
+            encoded.append(low_bits)
+            return bytes(encoded)
+
+
+def _parse(message: bytes) -> list[_Field]:
+    """The top-level fields of a protobuf message, in order, each with its raw payload."""
+    fields = []
+    position, end = 0, len(message)
+    while position < end:
+        key, position = _read_varint(message, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == _WIRE_VARINT:
+            _, value_end = _read_varint(message, position)
+        elif wire_type == _WIRE_FIXED64:
+            value_end = position + 8
+        elif wire_type == _WIRE_FIXED32:
+            value_end = position + 4
+        elif wire_type == _WIRE_BYTES:
+            length, position = _read_varint(message, position)
+            value_end = position + length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire_type} in field {number}")
+        if value_end > end:
+            raise ValueError("truncated protobuf message")
+        fields.append((number, wire_type, message[position:value_end]))
+        position = value_end
+    return fields
+
+
+def _serialise(fields: list[_Field]) -> bytes:
+    parts = []
+    for number, wire_type, value in fields:
+        parts.append(_encode_varint(number << 3 | wire_type))
+        if wire_type == _WIRE_BYTES:
+            parts.append(_encode_varint(len(value)))
+        parts.append(value)
+    return b"".join(parts)

@@ -1,0 +1,235 @@
+"""The face pipeline: image bytes in; faces with boxes, landmarks, quality, mask state and embeddings out.
+
+decode -> detect -> align -> quality -> embed (one batched call for every face of the request) -> mask.
+Sessions are created once per process (see onnx_session), so building several FacePipeline objects with
+the same configuration is cheap; the pipeline itself holds no per-request state and is thread-safe.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from workers.pipeline.alignment import align_faces
+from workers.pipeline.config import PipelineConfig, QualityFloors
+from workers.pipeline.detection import BoundingBox, DetectedFace, FaceDetector
+from workers.pipeline.embedding import FaceEmbedder
+from workers.pipeline.errors import ImageRejected
+from workers.pipeline.intake import decode_image
+from workers.pipeline.quality import FaceQuality, assess_quality
+
+Purpose = Literal["enroll", "identify"]
+
+
+class MaskClassifier(Protocol):
+    def predict(self, aligned_crops: list[np.ndarray], embeddings: np.ndarray) -> list[tuple[bool, float]]:
+        """(masked, probability of a mask) per aligned 112x112 BGR uint8 crop and its embedding."""
+        ...
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    masked: bool
+    probability: float
+
+
+@dataclass(frozen=True, eq=False)
+class FaceAnalysis:
+    bbox: BoundingBox
+    landmarks: tuple[tuple[float, float], ...]
+    detection_score: float
+    quality: FaceQuality
+    # None when the pipeline runs without a mask classifier.
+    mask: MaskPrediction | None
+    # (D,) float32, L2-normalised; compare only with embeddings of the same ImageAnalysis.model_version.
+    embedding: np.ndarray
+    # The 112x112 BGR uint8 crop the embedding was computed from.
+    aligned_crop: np.ndarray
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Milliseconds per stage. In a batch, embed and mask are shared and split by each image's face count."""
+
+    decode_ms: float
+    detect_ms: float
+    align_ms: float
+    quality_ms: float
+    embed_ms: float
+    mask_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return (
+            self.decode_ms + self.detect_ms + self.align_ms + self.quality_ms + self.embed_ms + self.mask_ms
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ImageAnalysis:
+    width: int
+    height: int
+    # The `max_faces` largest faces, largest first.
+    faces: tuple[FaceAnalysis, ...]
+    # How many faces the detector found before `max_faces` was applied.
+    faces_detected: int
+    model_version: str
+    timings: StageTimings
+
+
+@dataclass(frozen=True, eq=False)
+class _PreparedImage:
+    """An image taken up to the embedding stage."""
+
+    width: int
+    height: int
+    faces: list[DetectedFace]
+    faces_detected: int
+    crops: np.ndarray
+    qualities: list[FaceQuality]
+    decode_ms: float
+    detect_ms: float
+    align_ms: float
+    quality_ms: float
+
+
+class FacePipeline:
+    def __init__(self, config: PipelineConfig, *, mask_classifier: MaskClassifier | None = None) -> None:
+        self.config = config
+        runtime_options = {
+            "intra_op_threads": config.intra_op_threads,
+            "inter_op_threads": config.inter_op_threads,
+            "thread_spinning": config.thread_spinning,
+        }
+        self.detector = FaceDetector(config.detection, **runtime_options)
+        self.embedder = FaceEmbedder.from_config(config.embedding, **runtime_options)
+        self.embedder.load()
+        self.mask_classifier = mask_classifier
+
+    @property
+    def model_version(self) -> str:
+        return self.embedder.model_version
+
+    def analyze(self, image_bytes: bytes, *, purpose: Purpose, max_faces: int = 100) -> ImageAnalysis:
+        """Analyse one image; raises an ImageRejected subclass when the image cannot be used."""
+        result = self.analyze_batch([image_bytes], purpose=purpose, max_faces=max_faces)[0]
+        if isinstance(result, ImageRejected):
+            raise result
+        return result
+
+    def analyze_batch(
+        self, images: Sequence[bytes], *, purpose: Purpose, max_faces: int = 100
+    ) -> list[ImageAnalysis | ImageRejected]:
+        """Analyse several images, embedding all their faces in one call.
+
+        A rejected image does not fail the batch: its slot holds the ImageRejected it raised.
+        """
+        floors = self.config.quality.floors_for(purpose)
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be at least 1, not {max_faces}")
+        prepared: list[_PreparedImage | ImageRejected] = []
+        for image_bytes in images:
+            try:
+                prepared.append(self._prepare(image_bytes, floors, max_faces))
+            except ImageRejected as rejection:
+                prepared.append(rejection)
+        ready = [item for item in prepared if isinstance(item, _PreparedImage)]
+        crops = [crop for item in ready for crop in item.crops]
+
+        started = time.perf_counter()
+        embeddings = self.embedder.embed(crops)
+        embed_ms = _elapsed_ms(started)
+        started = time.perf_counter()
+        masks = self._classify_masks(crops, embeddings)
+        mask_ms = _elapsed_ms(started)
+
+        results: list[ImageAnalysis | ImageRejected] = []
+        first_face = 0
+        for item in prepared:
+            if isinstance(item, ImageRejected):
+                results.append(item)
+                continue
+            face_range = range(first_face, first_face + len(item.faces))
+            first_face = face_range.stop
+            share = len(face_range) / len(crops) if crops else 0.0
+            results.append(
+                ImageAnalysis(
+                    width=item.width,
+                    height=item.height,
+                    faces=tuple(
+                        FaceAnalysis(
+                            bbox=face.bbox,
+                            landmarks=face.landmarks,
+                            detection_score=face.score,
+                            quality=quality,
+                            mask=masks[index],
+                            embedding=embeddings[index],
+                            aligned_crop=crop,
+                        )
+                        for face, quality, crop, index in zip(
+                            item.faces, item.qualities, item.crops, face_range, strict=True
+                        )
+                    ),
+                    faces_detected=item.faces_detected,
+                    model_version=self.model_version,
+                    timings=StageTimings(
+                        decode_ms=item.decode_ms,
+                        detect_ms=item.detect_ms,
+                        align_ms=item.align_ms,
+                        quality_ms=item.quality_ms,
+                        embed_ms=embed_ms * share,
+                        mask_ms=mask_ms * share,
+                    ),
+                )
+            )
+        return results
+
+    def _prepare(self, image_bytes: bytes, floors: QualityFloors, max_faces: int) -> _PreparedImage:
+        started = time.perf_counter()
+        image = decode_image(image_bytes, limits=self.config.intake)
+        decode_ms = _elapsed_ms(started)
+
+        started = time.perf_counter()
+        detected = self.detector.detect(image)
+        # Like Rekognition's MaxFaces: keep the largest faces, the ones a person in the photo most likely is.
+        faces = sorted(detected, key=lambda face: face.bbox.area, reverse=True)[:max_faces]
+        detect_ms = _elapsed_ms(started)
+
+        started = time.perf_counter()
+        crops = align_faces(image, [face.landmark_array() for face in faces])
+        align_ms = _elapsed_ms(started)
+
+        started = time.perf_counter()
+        qualities = [
+            assess_quality(crop, face.landmark_array(), face.score, floors)
+            for face, crop in zip(faces, crops, strict=True)
+        ]
+        quality_ms = _elapsed_ms(started)
+        return _PreparedImage(
+            width=image.shape[1],
+            height=image.shape[0],
+            faces=faces,
+            faces_detected=len(detected),
+            crops=crops,
+            qualities=qualities,
+            decode_ms=decode_ms,
+            detect_ms=detect_ms,
+            align_ms=align_ms,
+            quality_ms=quality_ms,
+        )
+
+    def _classify_masks(self, crops: list[np.ndarray], embeddings: np.ndarray) -> list[MaskPrediction | None]:
+        if self.mask_classifier is None or not crops:
+            return [None] * len(crops)
+        predictions = self.mask_classifier.predict(crops, embeddings)
+        if len(predictions) != len(crops):
+            raise RuntimeError(
+                f"the mask classifier answered {len(predictions)} times for {len(crops)} faces"
+            )
+        return [MaskPrediction(masked=bool(masked), probability=float(p)) for masked, p in predictions]
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,229 @@
+"""Visor's mask-robust embedding model: SFace's ONNX graph with the tensors Visor fine-tuned for masked faces.
+
+SFace's weights are third-party and never committed. What Visor trained (workers/training/distill.py) is
+committed as `weights/masked_student.npz`: for every fine-tuned initializer, the difference student - SFace
+in float16, plus the SHA-256 of the exact SFace file it applies to. `build_student_model` reads SFace, adds
+the differences to those initializers and writes the student model; the graph, every other tensor and the
+input contract (112x112 RGB, raw 0..255 values) are SFace's, so the pipeline runs it with an
+`EmbeddingConfig` that differs from SFace's only in path and name (`student_embedding_config`).
+
+The patching rewrites protobuf fields directly (no `onnx` package needed at runtime), and the output is a
+pure function of the two inputs: the same files always give the same bytes, so the SHA-256 can be pinned.
+
+    python -m workers.pipeline.student [--model-dir var/models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, EmbeddingConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DELTA_FILE = WEIGHTS_DIR / "masked_student.npz"
+STUDENT_FILE = "visor-masked-student.onnx"
+STUDENT_MODEL_NAME = "visor-masked-student"
+DELTA_FORMAT = "visor-onnx-initializer-delta-v1"
+# Keys of the .npz that are metadata, not tensors.
+FORMAT_KEY = "__format__"
+TEACHER_SHA256_KEY = "__teacher_sha256__"
+
+# ONNX protobuf field numbers (onnx/onnx.proto), only those read or rewritten here.
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_TENSOR_DIMS = 1
+_TENSOR_DATA_TYPE = 2
+_TENSOR_FLOAT_DATA = 4
+_TENSOR_NAME = 8
+_TENSOR_RAW_DATA = 9
+_FLOAT = 1
+_WIRE_VARINT, _WIRE_FIXED64, _WIRE_BYTES, _WIRE_FIXED32 = 0, 1, 2, 5
+
+
+class StudentBuildError(ValueError):
+    """The delta file does not fit the teacher model it is applied to."""
+
+
+def student_embedding_config(model_dir: Path | str = DEFAULT_MODEL_DIR) -> EmbeddingConfig:
+    """How the pipeline runs the student: SFace's preprocessing, another file and name."""
+    return EmbeddingConfig(model_path=Path(model_dir) / STUDENT_FILE, model_name=STUDENT_MODEL_NAME)
+
+
+def load_delta(delta_path: Path | str) -> tuple[str, dict[str, np.ndarray]]:
+    """(teacher SHA-256, {initializer name: float16 difference}) from a delta .npz."""
+    with np.load(delta_path, allow_pickle=False) as archive:
+        if FORMAT_KEY not in archive or str(archive[FORMAT_KEY]) != DELTA_FORMAT:
+            raise StudentBuildError(f"{delta_path} is not a {DELTA_FORMAT} file")
+        teacher_sha256 = str(archive[TEACHER_SHA256_KEY])
+        deltas = {name: archive[name] for name in archive.files if not name.startswith("__")}
+    return teacher_sha256, deltas
+
+
+def build_student_model(*, teacher_path: Path | str, delta_path: Path | str, output_path: Path | str) -> str:
+    """Write the student ONNX model to `output_path`; returns its SHA-256 (hex).
+
+    Raises StudentBuildError if the teacher is not the file the delta was trained from, or if a tensor of
+    the delta is missing from the teacher or has another shape.
+    """
+    teacher_bytes = Path(teacher_path).read_bytes()
+    teacher_sha256, deltas = load_delta(delta_path)
+    actual_sha256 = hashlib.sha256(teacher_bytes).hexdigest()
+    if actual_sha256 != teacher_sha256:
+        raise StudentBuildError(
+            f"{teacher_path} has SHA-256 {actual_sha256}, but {delta_path} was trained on {teacher_sha256}"
+        )
+    student_bytes = patch_initializers(teacher_bytes, deltas)
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output_path.with_name(f".{output_path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(student_bytes)
+    temporary.replace(output_path)
+    return hashlib.sha256(student_bytes).hexdigest()
+
+
+def patch_initializers(model_bytes: bytes, deltas: dict[str, np.ndarray]) -> bytes:
+    """`model_bytes` with each named float initializer replaced by (its value + delta) in float32."""
+    remaining = dict(deltas)
+
+    def patch_graph(graph: bytes) -> bytes:
+        fields = []
+        for number, wire_type, value in _parse(graph):
+            if number == _GRAPH_INITIALIZER and wire_type == _WIRE_BYTES:
+                value = _patch_tensor(value, remaining)
+            fields.append((number, wire_type, value))
+        return _serialise(fields)
+
+    fields = [
+        (
+            number,
+            wire_type,
+            patch_graph(value) if number == _MODEL_GRAPH and wire_type == _WIRE_BYTES else value,
+        )
+        for number, wire_type, value in _parse(model_bytes)
+    ]
+    if remaining:
+        raise StudentBuildError(f"the teacher model has no initializers {sorted(remaining)}")
+    return _serialise(fields)
+
+
+def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
+    fields = _parse(tensor)
+    name = next((v.decode("utf-8") for n, w, v in fields if n == _TENSOR_NAME and w == _WIRE_BYTES), None)
+    if name not in remaining:
+        return tensor
+    delta = remaining.pop(name)
+    dims: list[int] = []
+    for number, wire_type, value in fields:
+        if number == _TENSOR_DIMS:
+            dims.extend(_varints(value) if wire_type == _WIRE_BYTES else [_read_varint(value, 0)[0]])
+        elif number == _TENSOR_DATA_TYPE and _read_varint(value, 0)[0] != _FLOAT:
+            raise StudentBuildError(f"initializer {name} is not float32")
+    if tuple(dims) != delta.shape:
+        raise StudentBuildError(f"initializer {name} has shape {tuple(dims)}, the delta {delta.shape}")
+    patched = []
+    replaced = False
+    for number, wire_type, value in fields:
+        # Float data is either packed float_data or raw_data; both are little-endian float32 bytes.
+        if number in (_TENSOR_FLOAT_DATA, _TENSOR_RAW_DATA) and wire_type == _WIRE_BYTES:
+            weights = np.frombuffer(value, dtype="<f4")
+            if weights.size != delta.size:
+                raise StudentBuildError(
+                    f"initializer {name} holds {weights.size} values, the delta {delta.size}"
+                )
+            value = (weights + delta.astype("<f4").reshape(-1)).astype("<f4").tobytes()
+            replaced = True
+        elif number == _TENSOR_FLOAT_DATA:
+            raise StudentBuildError(f"initializer {name} stores unpacked float_data; not supported")
+        patched.append((number, wire_type, value))
+    if not replaced:
+        raise StudentBuildError(f"initializer {name} has no float data")
+    return _serialise(patched)
+
+
+def _varints(buffer: bytes) -> list[int]:
+    values, position = [], 0
+    while position < len(buffer):
+        value, position = _read_varint(buffer, position)
+        values.append(value)
+    return values
+
+
+def _read_varint(buffer: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        low_bits = value & 0x7F
+        value >>= 7
+        if value:
+            encoded.append(low_bits | 0x80)
+        else:
+            encoded.append(low_bits)
+            return bytes(encoded)
+
+
+def _parse(message: bytes) -> list[tuple[int, int, bytes]]:
+    """The top-level fields of a protobuf message, in order, each with its raw payload."""
+    fields = []
+    position, end = 0, len(message)
+    while position < end:
+        key, position = _read_varint(message, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == _WIRE_VARINT:
+            _, value_end = _read_varint(message, position)
+        elif wire_type == _WIRE_FIXED64:
+            value_end = position + 8
+        elif wire_type == _WIRE_FIXED32:
+            value_end = position + 4
+        elif wire_type == _WIRE_BYTES:
+            length, position = _read_varint(message, position)
+            value_end = position + length
+        else:
+            raise StudentBuildError(f"unsupported protobuf wire type {wire_type} in field {number}")
+        if value_end > end:
+            raise StudentBuildError("truncated protobuf message")
+        fields.append((number, wire_type, message[position:value_end]))
+        position = value_end
+    return fields
+
+
+def _serialise(fields: list[tuple[int, int, bytes]]) -> bytes:
+    parts = []
+    for number, wire_type, value in fields:
+        parts.append(_encode_varint(number << 3 | wire_type))
+        if wire_type == _WIRE_BYTES:
+            parts.append(_encode_varint(len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--delta", type=Path, default=DELTA_FILE)
+    args = parser.parse_args(argv)
+    output = args.model_dir / STUDENT_FILE
+    sha256 = build_student_model(
+        teacher_path=args.model_dir / SFACE_FILE, delta_path=args.delta, output_path=output
+    )
+    print(f"{output} sha256={sha256}")
+
+
+if __name__ == "__main__":
+    main()

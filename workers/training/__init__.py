@@ -1,0 +1,1 @@
+"""Offline training of Visor's small models, and the data splits shared with evaluation."""
