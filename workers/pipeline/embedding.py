@@ -64,7 +64,7 @@ class FaceEmbedder:
 
     @property
     def model_version(self) -> str:
-        """Model name plus the first 12 hex digits of the file's SHA-256, e.g. 'sface-2021dec-0ba9fbfa5270'.
+        """Model name plus the first 12 hex digits of the file's SHA-256, e.g. 'sface-2021dec-0ba9fbfa01b5'.
 
         Galleries store it with their templates: embeddings of different versions must never be compared.
         """

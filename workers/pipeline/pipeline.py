@@ -96,6 +96,9 @@ class _PreparedImage:
 
 
 class FacePipeline:
+    """Built once per process. `mask_classifier` is injected (the Django layer passes
+    workers.pipeline.mask_classifier.MaskClassifier.load()); without one, every face's `mask` is None."""
+
     def __init__(self, config: PipelineConfig, *, mask_classifier: MaskClassifier | None = None) -> None:
         self.config = config
         runtime_options = {

@@ -1,6 +1,6 @@
 """Train the mask classifier (workers/pipeline/weights/mask_classifier.json) and measure it.
 
-    .venv/bin/python -m workers.training.train_mask_classifier     # ~3 CPU-minutes (2 cores, single-threaded)
+    .venv/bin/python -m workers.training.train_mask_classifier   # ~3.5 CPU-minutes, single-threaded
 
 Seeded and deterministic: the same data, code and seed give the same weights.
 
