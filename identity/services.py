@@ -220,7 +220,7 @@ class EnrollmentOutcome:
 def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
     """Run a queued enrollment job to completion. Safe to call again: a finished job is returned as it is."""
     with tenant_transaction(tenant_id):
-        job = Job.objects.select_for_update().get(id=job_id)
+        job = Job.objects.select_for_update().get(id=job_id, tenant_id=tenant_id)
         if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
             return job
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
@@ -244,7 +244,11 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
     face_id = uuid.uuid5(uuid.UUID(job_id), "face")
     with tenant_transaction(tenant_id):
-        job = Job.objects.select_for_update(of=("self",)).select_related("tenant", "subject").get(id=job_id)
+        job = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("tenant", "subject")
+            .get(id=job_id, tenant_id=tenant_id)
+        )
         if job.status != Job.Status.RUNNING:
             return job
         if job.subject is None:
@@ -321,7 +325,7 @@ def _store_face(
     stored_key: str,
 ) -> Face:
     subject = job.subject
-    gallery = Gallery.objects.get(id=subject.gallery_id)
+    gallery = Gallery.objects.get(id=subject.gallery_id, tenant_id=job.tenant_id)
     mask = chosen.mask
     face = Face.objects.create(
         id=face_id,
@@ -358,7 +362,7 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
     from identity.tasks import deliver_job_event
 
     with tenant_transaction(tenant_id):
-        job = Job.objects.select_for_update().get(id=job_id)
+        job = Job.objects.select_for_update().get(id=job_id, tenant_id=tenant_id)
         if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
             return job
         job.status = Job.Status.FAILED if error else Job.Status.SUCCEEDED
@@ -379,7 +383,7 @@ def _maybe_build_ann_index(*, gallery_id: str, tenant_id: str) -> None:
     from identity.tasks import build_gallery_ann_index
 
     with tenant_transaction(tenant_id):
-        gallery = Gallery.objects.get(id=gallery_id)
+        gallery = Gallery.objects.get(id=gallery_id, tenant_id=tenant_id)
         if gallery.ann_index_name:
             return
         templates = FaceTemplate.objects.filter(gallery=gallery).count()

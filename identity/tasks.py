@@ -66,7 +66,7 @@ def build_gallery_ann_index(*, gallery_id: str, tenant_id: str) -> str:
     connection.ensure_connection()
     name = search.build_ann_index(gallery_id=gallery_id)
     with tenant_transaction(tenant_id):
-        Gallery.objects.filter(id=gallery_id).update(ann_index_name=name)
+        Gallery.objects.filter(id=gallery_id, tenant_id=tenant_id).update(ann_index_name=name)
     return name
 
 

@@ -36,7 +36,7 @@ def sign(*, secret: str, timestamp: int, body: bytes) -> str:
 def record_job_event(*, job_id: str, tenant_id: str) -> uuid.UUID | None:
     """Create the job's event once, if its tenant has a webhook; returns the delivery to attempt."""
     with tenant_transaction(tenant_id):
-        job = Job.objects.select_related("tenant").defer("input_image").get(id=job_id)
+        job = Job.objects.select_related("tenant").defer("input_image").get(id=job_id, tenant_id=tenant_id)
         url = job.tenant.webhook_url
         if not url or job.status not in (Job.Status.SUCCEEDED, Job.Status.FAILED):
             return None
@@ -62,7 +62,7 @@ def record_job_event(*, job_id: str, tenant_id: str) -> uuid.UUID | None:
 def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
     """POST the event once; True when delivered (or already delivered), raises DeliveryFailed otherwise."""
     with tenant_transaction(tenant_id):
-        delivery = WebhookDelivery.objects.select_related("tenant").get(id=delivery_id)
+        delivery = WebhookDelivery.objects.select_related("tenant").get(id=delivery_id, tenant_id=tenant_id)
         if delivery.status != WebhookDelivery.Status.PENDING:
             return delivery.status == WebhookDelivery.Status.DELIVERED
         secret = delivery.tenant.webhook_secret
@@ -83,7 +83,7 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
         attempt["error"] = f"{type(error).__name__}: {error}"[:500]
         delivered = False
     with tenant_transaction(tenant_id):
-        delivery = WebhookDelivery.objects.select_for_update().get(id=delivery_id)
+        delivery = WebhookDelivery.objects.select_for_update().get(id=delivery_id, tenant_id=tenant_id)
         delivery.attempts = [*delivery.attempts, attempt]
         if delivered:
             delivery.status, delivery.delivered_at = WebhookDelivery.Status.DELIVERED, timezone.now()
