@@ -685,6 +685,8 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
         "held_out_pairs_genuine": sum(p[2] for p in pairs),
         "models": {},
     }
+    masked_by_model: dict[str, np.ndarray] = {}
+    gallery_by_model: dict[str, np.ndarray] = {}
     for name, embedder in embedders.items():
         started = time.perf_counter()
         if embedder is models.teacher:  # prepare_faces embedded these very crops with this very embedder
@@ -693,8 +695,10 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
             plain, val_plain = _embed(embedder, test.crops), _embed(embedder, val.crops)
         masked = _embed(embedder, probe_crops)
         masked[~detected] = 0.0  # an undetected masked face matches nothing
+        masked_by_model[name] = masked
         ids = test.identities
         gallery, gallery_ids = plain[gallery_rows], ids[gallery_rows]
+        gallery_by_model[name] = gallery
         probe_ids = ids[probe_rows]
         scores = masked @ gallery.T
         genuine = scores[probe_ids[:, None] == gallery_ids[None, :]]
@@ -734,6 +738,13 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
             "impostor_pairs": len(impostor),
             "embed_seconds": time.perf_counter() - started,
         }
+    # Paired comparison of the masked rank-1 hits (McNemar): probes only one of the two models gets right.
+    hits = {
+        name: gallery_ids[np.argmax(masked_by_model[name] @ gallery_by_model[name].T, axis=1)] == probe_ids
+        for name in embedders
+    }
+    report["masked_rank1_only_student_right"] = int(np.sum(hits["student"] & ~hits["SFace"]))
+    report["masked_rank1_only_sface_right"] = int(np.sum(hits["SFace"] & ~hits["student"]))
     print(json.dumps(report, indent=2), flush=True)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / "eval-report.json").write_text(json.dumps(report, indent=2) + "\n")
