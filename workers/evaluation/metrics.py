@@ -172,6 +172,34 @@ def fnir_at_fpir(scores: IdentificationScores, fpir: float) -> IdentificationPoi
     )
 
 
+def bootstrap_interval(
+    scores: IdentificationScores,
+    statistic,
+    *,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(IdentificationScores)`, resampling the mated searches
+    and the non-mated searches independently (the FPIR threshold moves with the non-mated sample)."""
+    rng = np.random.default_rng(seed)
+    mated, non_mated = scores.mated_true.size, scores.non_mated_top.size
+    values = []
+    for _ in range(resamples):
+        m = rng.integers(0, mated, mated)
+        n = rng.integers(0, non_mated, non_mated)
+        values.append(
+            statistic(
+                IdentificationScores(
+                    scores.mated_true[m], scores.mated_best_other[m], scores.non_mated_top[n]
+                )
+            )
+        )
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def det_points(scores: IdentificationScores, max_points: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """(FPIR, FNIR) at thresholds through the non-mated top scores (the identification DET curve)."""
     top = np.sort(scores.non_mated_top[np.isfinite(scores.non_mated_top)])[::-1]

@@ -43,6 +43,7 @@ from workers.evaluation.lfw import (
 )
 from workers.evaluation.metrics import (
     IdentificationScores,
+    bootstrap_interval,
     det_points,
     fnir_at_fpir,
     k_fold_accuracy,
@@ -497,6 +498,8 @@ def _identification_row(
     row = {
         "rank1": rank1_rate(scores),
         "fnir_at_fpir_1%": point.fnir,
+        "fnir_at_fpir_1%_ci95": bootstrap_interval(scores, lambda s: fnir_at_fpir(s, 0.01).fnir),
+        "rank1_ci95": bootstrap_interval(scores, rank1_rate),
         "fpir_achieved": point.fpir,
         "threshold": point.threshold,
         "mated_probes_without_face": int(np.isnan(mated[:, 0]).sum()) if len(mated) else 0,

@@ -55,7 +55,9 @@ COLUMNS = {
     ),
     "c": (
         "rank1",
+        "rank1_ci95",
         "fnir_at_fpir_1%",
+        "fnir_at_fpir_1%_ci95",
         "test_rank1",
         "test_fnir_at_fpir_1%",
         "unseen_mask_rank1",
@@ -244,6 +246,8 @@ def _format(metric: str, value) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return f"{_format(metric, value[0])} - {_format(metric, value[1])}"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):

@@ -22,6 +22,7 @@ from workers.pipeline.matching import (
     UNMASKED,
     ImpostorStats,
     MaskAwareCalibration,
+    calibration_for,
     cohort_normalise,
     cohort_shift,
     fuse_kind_scores,
@@ -125,6 +126,15 @@ def test_cohort_normalise_shifts_every_score_and_keeps_the_order():
     assert cohort_normalise(results[:1], cohort_size=2, offset=0.15) == results[:1]
 
 
+def test_the_shipped_calibration_matches_the_enrollment_default():
+    calibration = calibration_for("sface-2021dec-0ba9fbfa01b5")
+    assert calibration.synthetic_templates == AugmentationConfig().variants
+    for probe_masked in (True, False):
+        assert calibration.threshold(probe_masked, 1e-4) > calibration.threshold(probe_masked, 1e-3)
+    with pytest.raises(KeyError, match="no mask-aware calibration"):
+        calibration_for("some-other-model-000000000000")
+
+
 def test_thresholds_are_per_mask_condition():
     assert CALIBRATION.threshold(True, 1e-3) == 0.40
     assert CALIBRATION.threshold(False, 1e-3) == 0.36
@@ -209,7 +219,14 @@ def detected_face():
 
 def test_variants_are_deterministic_prefixes_and_cover_the_lower_face(synthesizer, detected_face):
     image, face = detected_face
-    four = masked_variant_crops(image, face.landmark_array(), face.bbox, synthesizer, seed="photo-1")
+    four = masked_variant_crops(
+        image,
+        face.landmark_array(),
+        face.bbox,
+        synthesizer,
+        seed="photo-1",
+        config=AugmentationConfig(variants=4),
+    )
     two = masked_variant_crops(
         image,
         face.landmark_array(),
@@ -230,7 +247,14 @@ def test_variants_are_deterministic_prefixes_and_cover_the_lower_face(synthesize
         changed = np.abs(crop.astype(np.int16) - plain).sum(axis=2) > 30
         assert changed[75:105, 35:77].mean() > 0.5  # mouth and chin covered
         assert changed[30:55, 20:92].mean() < 0.05  # eyes untouched
-    other = masked_variant_crops(image, face.landmark_array(), face.bbox, synthesizer, seed="photo-2")
+    other = masked_variant_crops(
+        image,
+        face.landmark_array(),
+        face.bbox,
+        synthesizer,
+        seed="photo-2",
+        config=AugmentationConfig(variants=4),
+    )
     assert not all(np.array_equal(a, b) for (_, a), (_, b) in zip(other, four, strict=True))
 
 

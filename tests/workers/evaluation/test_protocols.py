@@ -126,6 +126,15 @@ def test_fnir_at_fpir():
     assert loose.fnir == pytest.approx(0.5)  # every rank-1 hit counts; misses stay misses
 
 
+def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
+    rng = np.random.default_rng(5)
+    scores = IdentificationScores(rng.normal(1, 1, 400), rng.normal(0, 1, 400), rng.normal(0, 1, 300))
+    low, high = metrics.bootstrap_interval(scores, metrics.rank1_rate, resamples=100)
+    assert low <= metrics.rank1_rate(scores) <= high
+    assert 0 < high - low < 0.2
+    assert (low, high) == metrics.bootstrap_interval(scores, metrics.rank1_rate, resamples=100)
+
+
 def test_det_points_trade_fpir_for_fnir():
     fpir, fnir = metrics.det_points(identification_example())
     assert np.all(np.diff(fpir) >= 0)
