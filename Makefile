@@ -16,8 +16,9 @@ $(UV):
 	$(UV) sync --locked --python $(PYTHON)
 	touch $@
 
-models: | $(UV)
+models: .venv/.synced
 	$(BOOTSTRAP)/bin/python infra/fetch_models.py
+	$(VENV_PY) -m workers.pipeline.student --verify
 
 install: .venv/.synced models
 

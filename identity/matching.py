@@ -1,14 +1,18 @@
-"""From template hits to per-subject candidates, with calibrated confidences and thresholds.
+"""From template hits to per-subject candidates, with calibrated scores, confidences and thresholds.
 
-A subject may have several templates (several enrolled faces, and masked variants the pipeline synthesised
-for each); a subject's score is its best template's similarity. Thresholds are cosine similarities of the
-gallery's embedding model, calibrated for a target false-accept rate.
+A subject may have several templates: one "original" per enrolled face, plus the "synthetic_mask" ones the
+pipeline draws for it. Comparing a masked probe with synthetic-masked templates inflates every subject's
+similarity (the masks look alike), so a subject's score is not its best raw cosine: it is the mask-aware
+fusion of `workers.pipeline.matching.score_subjects`, on the cosine scale of unmasked comparisons (an
+unmasked probe's score is exactly its best cosine with an original template). Thresholds are such scores,
+calibrated per probe condition (masked or not) for a target false-accept rate.
 """
 
 import uuid
 from dataclasses import dataclass
 
 from identity.search import TemplateHit
+from workers.pipeline import matching as mask_aware
 from workers.pipeline.scoring import calibration_for
 
 # A 1:N search makes one comparison per enrolled subject, so its false-accept rate per comparison must be
@@ -19,31 +23,34 @@ DEFAULT_FALSE_ACCEPT_RATE = {"verify": 1e-3, "identify": 1e-4}
 @dataclass(frozen=True)
 class Candidate:
     subject_id: uuid.UUID
+    # The calibrated score (see the module docstring) that thresholds apply to.
     similarity: float
     confidence: float
     matched_template_kind: str
 
 
-def default_threshold(model_version: str, *, operation: str) -> float:
-    return calibration_for(model_version).threshold_for_far(DEFAULT_FALSE_ACCEPT_RATE[operation])
+def default_threshold(model_version: str, *, operation: str, probe_masked: bool) -> float:
+    return mask_aware.calibration_for(model_version).threshold(
+        probe_masked, DEFAULT_FALSE_ACCEPT_RATE[operation]
+    )
 
 
-def confidence(similarity: float, model_version: str) -> float:
-    return float(calibration_for(model_version).confidence(similarity))
-
-
-def rank_subjects(hits: list[TemplateHit], *, model_version: str, top_k: int) -> list[Candidate]:
-    best: dict[uuid.UUID, TemplateHit] = {}
-    for hit in hits:
-        if hit.subject_id not in best or hit.similarity > best[hit.subject_id].similarity:
-            best[hit.subject_id] = hit
-    ranked = sorted(best.values(), key=lambda hit: hit.similarity, reverse=True)[:top_k]
+def rank_subjects(
+    hits: list[TemplateHit], *, model_version: str, probe_masked: bool, top_k: int
+) -> list[Candidate]:
+    """The `top_k` best subjects of one probe's template hits, best first."""
+    scored = mask_aware.score_subjects(
+        probe_masked,
+        ((hit.subject_id, hit.kind, hit.similarity) for hit in hits),
+        mask_aware.calibration_for(model_version),
+    )[:top_k]
+    to_confidence = calibration_for(model_version).confidence
     return [
         Candidate(
-            subject_id=hit.subject_id,
-            similarity=round(hit.similarity, 6),
-            confidence=round(confidence(hit.similarity, model_version), 6),
-            matched_template_kind=hit.kind,
+            subject_id=subject.subject_id,
+            similarity=round(subject.score, 6),
+            confidence=round(float(to_confidence(subject.score)), 6),
+            matched_template_kind=subject.best_kind,
         )
-        for hit in ranked
+        for subject in scored
     ]

@@ -30,6 +30,7 @@ from identity.problems import (
 from identity.serializers import face_geometry, face_representation
 from tenants.rls import tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
+from workers.pipeline.enrollment_augmentation import SyntheticTemplate
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
 from workers.pipeline.pipeline import FaceAnalysis, ImageAnalysis
@@ -241,6 +242,8 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
     chosen, rejection = _choose_enrollment_face(analysis, largest=largest)
     if rejection:
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=rejection)
+    image_sha256 = hashlib.sha256(image_bytes).hexdigest()
+    synthetic = get_face_pipeline().synthetic_templates(image_bytes, chosen, seed=image_sha256)
 
     face_id = uuid.uuid5(uuid.UUID(job_id), "face")
     with tenant_transaction(tenant_id):
@@ -269,7 +272,8 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             face_id=face_id,
             analysis=analysis,
             chosen=chosen,
-            image_bytes=image_bytes,
+            synthetic=synthetic,
+            image_sha256=image_sha256,
             stored_key=stored_key,
         )
         record_usage(
@@ -321,7 +325,8 @@ def _store_face(
     face_id: uuid.UUID,
     analysis: ImageAnalysis,
     chosen: FaceAnalysis,
-    image_bytes: bytes,
+    synthetic: list[SyntheticTemplate],
+    image_sha256: str,
     stored_key: str,
 ) -> Face:
     subject = job.subject
@@ -340,21 +345,34 @@ def _store_face(
         mask_probability=round(mask.probability, 6) if mask else 0.0,
         model_version=analysis.model_version,
         image_key=stored_key,
-        image_sha256=hashlib.sha256(image_bytes).hexdigest(),
+        image_sha256=image_sha256,
     )
-    _store_templates(face=face, chosen=chosen, model_version=analysis.model_version)
+    _store_templates(
+        face=face,
+        chosen=chosen,
+        synthetic=synthetic,
+        model_version=analysis.model_version,
+    )
     return face
 
 
-def _store_templates(*, face: Face, chosen: FaceAnalysis, model_version: str) -> None:
-    FaceTemplate.objects.create(
-        tenant_id=face.tenant_id,
-        gallery_id=face.gallery_id,
-        subject_id=face.subject_id,
-        face=face,
-        kind=FaceTemplate.Kind.ORIGINAL,
-        embedding=chosen.embedding.astype(np.float32),
-        model_version=model_version,
+def _store_templates(
+    *, face: Face, chosen: FaceAnalysis, synthetic: list[SyntheticTemplate], model_version: str
+) -> None:
+    """The face's original template and its synthetic-mask ones (mask-robust identification)."""
+    embeddings = [(FaceTemplate.Kind.ORIGINAL, chosen.embedding)]
+    embeddings += [(FaceTemplate.Kind.SYNTHETIC_MASK, template.embedding) for template in synthetic]
+    FaceTemplate.objects.bulk_create(
+        FaceTemplate(
+            tenant_id=face.tenant_id,
+            gallery_id=face.gallery_id,
+            subject_id=face.subject_id,
+            face=face,
+            kind=kind,
+            embedding=embedding.astype(np.float32),
+            model_version=model_version,
+        )
+        for kind, embedding in embeddings
     )
 
 
@@ -438,16 +456,8 @@ def identify(
     started = time.perf_counter()
     analysis = _analyze(image_bytes, max_faces=max_faces)
     if analysis.model_version != gallery.model_version:
-        raise GalleryModelMismatch(
-            f"The gallery's templates were made with {gallery.model_version}; the service now runs "
-            f"{analysis.model_version}. Re-embed the gallery (manage.py reembed --gallery {gallery.id})."
-        )
+        raise GalleryModelMismatch(_model_mismatch_detail(gallery, analysis.model_version))
     search_started = time.perf_counter()
-    threshold = (
-        threshold
-        if threshold is not None
-        else _tenant_threshold(tenant, gallery.model_version, operation="identify")
-    )
     identified = []
     fetch = max(search.MIN_TEMPLATES_FETCHED, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
     with tenant_transaction(tenant.id):
@@ -455,8 +465,18 @@ def identify(
             hits = search.nearest_templates(
                 tenant_id=tenant.id, gallery=gallery, embedding=face.embedding, limit=fetch
             )
-            candidates = rank_subjects(hits, model_version=gallery.model_version, top_k=top_k)
-            match = candidates[0] if candidates and candidates[0].similarity >= threshold else None
+            probe_masked = _probe_masked(face)
+            candidates = rank_subjects(
+                hits, model_version=gallery.model_version, probe_masked=probe_masked, top_k=top_k
+            )
+            face_threshold = (
+                threshold
+                if threshold is not None
+                else _tenant_threshold(
+                    tenant, gallery.model_version, operation="identify", probe_masked=probe_masked
+                )
+            )
+            match = candidates[0] if candidates and candidates[0].similarity >= face_threshold else None
             identified.append(IdentifiedFace(face=face, match=match, candidates=candidates))
         subject_ids = [candidate.subject_id for item in identified for candidate in item.candidates]
         subjects = selectors.subjects_by_id(tenant=tenant, subject_ids=subject_ids)
@@ -477,11 +497,22 @@ def identify(
     )
 
 
-def _tenant_threshold(tenant, model_version: str, *, operation: str) -> float:
+def _probe_masked(face: FaceAnalysis) -> bool:
+    return bool(face.mask and face.mask.masked)
+
+
+def _model_mismatch_detail(gallery: Gallery, model_version: str) -> str:
+    return (
+        f"The gallery's templates were made with {gallery.model_version}; the service now runs "
+        f"{model_version}. Re-embed the gallery (manage.py reembed --gallery {gallery.id})."
+    )
+
+
+def _tenant_threshold(tenant, model_version: str, *, operation: str, probe_masked: bool) -> float:
     return (
         tenant.default_match_threshold
         if tenant.default_match_threshold is not None
-        else default_threshold(model_version, operation=operation)
+        else default_threshold(model_version, operation=operation, probe_masked=probe_masked)
     )
 
 
@@ -510,31 +541,42 @@ def verify(
     threshold: float | None,
     usage_key: str,
 ) -> Verification:
-    from identity.matching import confidence
-
     _require_quota(tenant=tenant, operation="verify")
     probe = _single_face(_analyze(image_bytes, max_faces=1), "image")
     model_version = get_face_pipeline().model_version
     if subject is not None:
         gallery = subject.gallery
+        if gallery.model_version != model_version:
+            raise GalleryModelMismatch(_model_mismatch_detail(gallery, model_version))
         with tenant_transaction(tenant.id):
             hits = search.nearest_templates(
                 tenant_id=tenant.id,
                 gallery=gallery,
                 embedding=probe.embedding,
-                limit=1,
+                limit=search.MIN_TEMPLATES_FETCHED,
                 subject_id=subject.id,
             )
         if not hits:
             raise FaceNotUsable(
                 "The subject has no enrolled faces to compare with.", reasons=["NO_TEMPLATES"]
             )
-        similarity = hits[0].similarity
     else:
         other = _single_face(_analyze(image2_bytes, max_faces=1), "image2")
-        similarity = float(np.dot(probe.embedding, other.embedding))
+        # The second image plays the enrolled side: its plain embedding is an "original" template.
+        hits = [
+            search.TemplateHit(
+                subject_id=uuid.UUID(int=0),
+                face_id=uuid.UUID(int=0),
+                kind=FaceTemplate.Kind.ORIGINAL,
+                similarity=float(np.dot(probe.embedding, other.embedding)),
+            )
+        ]
+    probe_masked = _probe_masked(probe)
+    [candidate] = rank_subjects(hits, model_version=model_version, probe_masked=probe_masked, top_k=1)
     threshold = (
-        threshold if threshold is not None else _tenant_threshold(tenant, model_version, operation="verify")
+        threshold
+        if threshold is not None
+        else _tenant_threshold(tenant, model_version, operation="verify", probe_masked=probe_masked)
     )
     with tenant_transaction(tenant.id):
         record_usage(
@@ -545,9 +587,9 @@ def verify(
             idempotency_key=usage_key,
         )
     return Verification(
-        match=similarity >= threshold,
-        similarity=round(similarity, 6),
-        confidence=round(confidence(similarity, model_version), 6),
+        match=candidate.similarity >= threshold,
+        similarity=candidate.similarity,
+        confidence=candidate.confidence,
         threshold=threshold,
         model_version=model_version,
     )
@@ -634,9 +676,12 @@ def reembed_gallery(*, tenant, gallery_id, progress=None) -> ReembedReport:
             image_bytes = handle.read()
         analysis = pipeline.analyze(image_bytes, purpose="identify", max_faces=MAX_ENROLL_FACES_CONSIDERED)
         chosen = _same_face(analysis, face)
+        synthetic = pipeline.synthetic_templates(image_bytes, chosen, seed=face.image_sha256)
         with tenant_transaction(tenant.id):
             FaceTemplate.objects.filter(face=face, model_version=pipeline.model_version).delete()
-            _store_templates(face=face, chosen=chosen, model_version=pipeline.model_version)
+            _store_templates(
+                face=face, chosen=chosen, synthetic=synthetic, model_version=pipeline.model_version
+            )
         if progress:
             progress(done, len(faces))
     with tenant_transaction(tenant.id):

@@ -62,7 +62,8 @@ def _verified_model_files() -> tuple[str, ...]:
     """Hashing 40 MB takes a moment, so a process verifies its model files once."""
     manifest = json.loads((ROOT / "infra" / "models.json").read_text())
     problems = []
-    for spec in manifest["models"].values():
+    # "built" models (the student) are made by `make models` from a fetched one plus committed weights.
+    for spec in [*manifest["models"].values(), *manifest["built"].values()]:
         path = settings.VISOR_MODEL_DIR / spec["file"]
         if not path.exists():
             problems.append(f"{spec['file']} is missing (run `make models`)")

@@ -111,3 +111,16 @@ def bucket_keys(prefix: str) -> list[str]:
     )
     listing = client.list_objects_v2(Bucket=options["bucket_name"], Prefix=prefix)
     return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def require_mask_synthesis():
+    """The service's face pipeline, or a clear skip when it has no mask templates to synthesise masks with."""
+    from identity.face_pipeline import get_face_pipeline
+
+    pipeline = get_face_pipeline()
+    if pipeline.mask_synthesizer is None:
+        pytest.skip(
+            f"no mask templates in {settings.VISOR_MASK_TEMPLATES_DIR} (VISOR_MASK_TEMPLATES_DIR): "
+            "this test needs ../shared/data/mask_templates"
+        )
+    return pipeline

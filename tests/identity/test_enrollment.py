@@ -7,7 +7,7 @@ import pytest
 from identity.models import Face, FaceTemplate, Job
 from tenants.rls import operator_transaction
 from tests.face_images import CartoonPerson, draw_face, encode, face_photo, person_image
-from tests.identity.conftest import bucket_keys, make_tenant_api, upload_file
+from tests.identity.conftest import bucket_keys, make_tenant_api, require_mask_synthesis, upload_file
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
 
@@ -32,6 +32,23 @@ def test_enrolling_with_wait_answers_201_with_the_indexed_face(tenant_api, subje
         stored = FaceTemplate.objects.filter(face_id=face["id"])
         assert stored.filter(kind="original").count() == 1
         assert np.linalg.norm(np.asarray(stored.first().embedding)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_enrollment_adds_templates_of_the_face_wearing_synthetic_masks(tenant_api, subject):
+    pipeline = require_mask_synthesis()
+
+    face = tenant_api.enroll(subject["id"], person_image(4)).json()
+
+    with operator_transaction():
+        templates = list(FaceTemplate.objects.filter(face_id=face["id"]))
+    [original] = [np.asarray(t.embedding) for t in templates if t.kind == "original"]
+    synthetic = [np.asarray(t.embedding) for t in templates if t.kind == "synthetic_mask"]
+    assert len(synthetic) == pipeline.augmentation.variants > 0
+    for embedding in synthetic:
+        assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-3)
+        # The same face with its lower half covered: related to the original, never a copy of it.
+        assert 0.2 < float(embedding @ original) < 0.999
+    assert {str(t.subject_id) for t in templates} == {subject["id"]}
 
 
 def test_enrolling_without_wait_answers_202_with_a_job_that_completes(tenant_api, subject):

@@ -53,14 +53,19 @@ from workers.evaluation.metrics import (
     tar_at_far,
 )
 from workers.evaluation.tune import SplitData, fit_mask_aware
-from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, EmbeddingConfig, PipelineConfig
+from workers.pipeline.config import (
+    DEFAULT_MODEL_DIR,
+    EMBEDDING_MODELS,
+    EmbeddingConfig,
+    PipelineConfig,
+    embedding_config,
+)
 from workers.pipeline.enrollment_augmentation import DEFAULT_MASK_TYPES
 from workers.pipeline.matching import MaskAwareCalibration, fuse_kind_scores
 from workers.pipeline.pipeline import FacePipeline
 from workers.training.datasets import LFW_DIR, RWMFD_DIR
 
 PROTOCOLS = ("a", "b", "c", "d", "e")
-STUDENT_FILE = "visor-masked-student.onnx"
 MASK = "mask0"  # probes: mask seed 0
 
 
@@ -78,32 +83,14 @@ class EvaluationConfig:
     seed: int = 0
 
 
-def embedding_config(model: str, model_dir: Path) -> EmbeddingConfig:
-    """The embedding model called `model` ("sface", "student", or a path to an ONNX file)."""
-    if model == "sface":
-        return EmbeddingConfig(model_path=Path(model_dir) / SFACE_FILE)
-    if model == "student":
-        try:
-            from workers.pipeline import student  # the distillation engineer's module, when it exists
-        except ImportError:
-            student = None
-        for name in ("STUDENT_EMBEDDING_CONFIG", "student_embedding_config", "embedding_config"):
-            candidate = getattr(student, name, None)
-            if isinstance(candidate, EmbeddingConfig):
-                return replace(candidate, model_path=Path(model_dir) / Path(candidate.model_path).name)
-            if callable(candidate):
-                try:
-                    return candidate(Path(model_dir))
-                except TypeError:
-                    return candidate()
-        path = Path(model_dir) / STUDENT_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is absent: build the distilled student first")
-        return EmbeddingConfig(model_path=path, model_name="visor-masked-student")
+def model_embedding_config(model: str, model_dir: Path) -> EmbeddingConfig:
+    """The embedding model called `model` (a name of config.EMBEDDING_MODELS, or a path to an ONNX file)."""
+    if model in EMBEDDING_MODELS:
+        return embedding_config(model, model_dir)
     path = Path(model)
     if path.suffix == ".onnx" and path.is_file():
         return EmbeddingConfig(model_path=path, model_name=path.stem)
-    raise ValueError(f"unknown model {model!r}: use sface, student or a path to an .onnx file")
+    raise ValueError(f"unknown model {model!r}: use {', '.join(EMBEDDING_MODELS)} or a path to an .onnx file")
 
 
 class ModelRun:
@@ -115,7 +102,7 @@ class ModelRun:
         config = evaluation.config
         pipeline_config = replace(
             PipelineConfig.for_model_dir(config.model_dir, intra_op_threads=config.threads),
-            embedding=embedding_config(name, config.model_dir),
+            embedding=model_embedding_config(name, config.model_dir),
         )
         self.pipeline = FacePipeline(pipeline_config)
         self.extractor = Extractor(

@@ -1,6 +1,7 @@
 """Calibrate the embedding model's cosine similarity on LFW: confidence mapping and FAR thresholds.
 
-    python -m workers.pipeline.calibrate [--lfw-dir DIR] [--model-dir DIR] [--impostor-pairs 200000]
+    python -m workers.pipeline.calibrate [--model sface|student] [--exclude-split train] [--lfw-dir DIR]
+                                         [--model-dir DIR] [--impostor-pairs 200000]
 
 Protocol (the numbers in scoring.py come from exactly this):
 1. Every LFW image goes through the production pipeline (decode, YuNet, alignment, embedding); the face
@@ -10,6 +11,8 @@ Protocol (the numbers in scoring.py come from exactly this):
 4. Thresholds at FAR 1e-3 and 1e-4 from random cross-identity image pairs (200,000 by default, so that
    1e-4 rests on ~20 impostors above it; pairs.txt's 3,000 impostors cannot estimate it), with the true
    accept rate at each threshold over pairs.txt's genuine pairs and over every same-identity pair.
+A model trained on LFW (the student saw the "train" split of workers.training.datasets) is calibrated with
+`--exclude-split train`: every image, pair and impostor of a training identity is left out.
 Embeddings are cached in var/calibration/ per model version (checkpointed while they are computed), so a
 rerun only redoes the statistics.
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.pipeline.config import DEFAULT_MODEL_DIR, REPO_ROOT, PipelineConfig
+from workers.pipeline.config import DEFAULT_MODEL_DIR, EMBEDDING_MODELS, REPO_ROOT, PipelineConfig
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 
 DEFAULT_LFW_DIR = REPO_ROOT.parent / "shared" / "data" / "lfw_a"
@@ -96,13 +99,19 @@ def _central_face(analysis: ImageAnalysis) -> FaceAnalysis:
 
 
 def fit_logistic(similarities: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tuple[float, float]:
-    """Maximum-likelihood (slope, intercept) of P(genuine) = 1 / (1 + exp(-(slope * s + intercept)))."""
+    """Maximum-likelihood (slope, intercept) of P(genuine) = 1 / (1 + exp(-(slope * s + intercept))).
+
+    The classes are weighted to equal total weight, so the probability assumes equal priors even when the
+    pairs are not balanced (pairs.txt is; a subset of its identities is not).
+    """
     design = np.stack([similarities, np.ones_like(similarities)], axis=1).astype(np.float64)
+    genuine_share = labels.mean()
+    sample_weight = np.where(labels > 0.5, 0.5 / genuine_share, 0.5 / (1 - genuine_share))
     weights = np.zeros(2)
     for _ in range(iterations):
         probabilities = 1.0 / (1.0 + np.exp(-design @ weights))
-        gradient = design.T @ (labels - probabilities)
-        hessian = (design * (probabilities * (1 - probabilities))[:, None]).T @ design
+        gradient = design.T @ (sample_weight * (labels - probabilities))
+        hessian = (design * (sample_weight * probabilities * (1 - probabilities))[:, None]).T @ design
         step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
         weights += step
         if np.abs(step).max() < 1e-10:
@@ -118,8 +127,12 @@ def best_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
     return float(midpoints[int(np.argmax(accuracies))])
 
 
-def ten_fold_accuracy(similarities: np.ndarray, labels: np.ndarray, folds: int = 10) -> tuple[float, float]:
-    fold_of = np.repeat(np.arange(folds), len(similarities) // folds)
+def ten_fold_accuracy(
+    similarities: np.ndarray, labels: np.ndarray, folds: int = 10, fold_of: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Accuracy over `folds` folds (consecutive equal blocks of the pairs unless `fold_of` assigns them)."""
+    if fold_of is None:
+        fold_of = np.repeat(np.arange(folds), len(similarities) // folds)
     accuracies = []
     for fold in range(folds):
         train, test = fold_of != fold, fold_of == fold
@@ -165,18 +178,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impostor-pairs", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(EMBEDDING_MODELS), default="sface")
+    parser.add_argument(
+        "--exclude-split",
+        choices=("train", "val", "test"),
+        help="leave out the identities of this split of workers.training.datasets (those a model trained on)",
+    )
     args = parser.parse_args(argv)
 
-    pipeline = FacePipeline(PipelineConfig.for_model_dir(args.model_dir, intra_op_threads=args.threads))
+    pipeline = FacePipeline(
+        PipelineConfig.for_model_dir(
+            args.model_dir, embedding_model=args.model, intra_op_threads=args.threads
+        )
+    )
     image_root = args.lfw_dir / "lfw"
     image_paths = sorted(str(path.relative_to(image_root)) for path in image_root.glob("*/*.jpg"))
-    cache = CACHE_DIR / f"{pipeline.model_version}-lfw-embeddings.npz"
+    if args.exclude_split:
+        from workers.training.datasets import split_of
+
+        image_paths = [path for path in image_paths if split_of(path.split("/")[0]) != args.exclude_split]
+    scope = f"-without-{args.exclude_split}" if args.exclude_split else ""
+    cache = CACHE_DIR / f"{pipeline.model_version}{scope}-lfw-embeddings.npz"
     embeddings = embed_images(pipeline, image_root, image_paths, cache)
     found = ~np.isnan(embeddings).any(axis=1)
     identities = np.array([path.split("/")[0] for path in image_paths])
 
     index_of = {path: index for index, path in enumerate(image_paths)}
-    pairs = read_pairs(args.lfw_dir / "pairs.txt")
+    all_pairs = read_pairs(args.lfw_dir / "pairs.txt")
+    # pairs.txt's own folds are consecutive blocks; a pair keeps its fold when others are excluded.
+    kept = [i for i, pair in enumerate(all_pairs) if pair.first in index_of and pair.second in index_of]
+    pairs = [all_pairs[i] for i in kept]
+    pair_folds = np.array(kept) * 10 // len(all_pairs)
     first = np.array([index_of[pair.first] for pair in pairs])
     second = np.array([index_of[pair.second] for pair in pairs])
     labels = np.array([pair.genuine for pair in pairs])
@@ -184,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     pair_similarities = np.where(
         found[first] & found[second], np.sum(embeddings[first] * embeddings[second], axis=1), -1.0
     )
-    accuracy, accuracy_std = ten_fold_accuracy(pair_similarities, labels)
+    accuracy, accuracy_std = ten_fold_accuracy(pair_similarities, labels, fold_of=pair_folds)
     slope, intercept = fit_logistic(pair_similarities, labels.astype(np.float64))
 
     usable = np.flatnonzero(found)
@@ -195,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
 
     report = {
         "model_version": pipeline.model_version,
+        "excluded_split": args.exclude_split,
+        "pairs": len(pairs),
         "images": len(image_paths),
         "images_without_face": int((~found).sum()),
         "pairs_10fold_accuracy": accuracy,
@@ -211,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         report[f"tar_pairs_at_far_{name}"] = float((genuine_pairs >= threshold).mean())
         report[f"tar_all_genuine_at_far_{name}"] = float((genuine_all >= threshold).mean())
         report[f"far_pairs_txt_at_far_{name}"] = float((pair_similarities[~labels] >= threshold).mean())
-    report_path = CACHE_DIR / f"{pipeline.model_version}-report.json"
+    report_path = CACHE_DIR / f"{pipeline.model_version}{scope}-report.json"
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(

@@ -11,6 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "var" / "models"
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 SFACE_FILE = "face_recognition_sface_2021dec.onnx"
+# Built by `python -m workers.pipeline.student` from SFace and Visor's committed fine-tuned tensors.
+STUDENT_FILE = "visor-masked-student.onnx"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,24 @@ class EmbeddingConfig:
     input_scale: float = 1.0
 
 
+# The embedding models the service can run, by the name VISOR_EMBEDDING_MODEL takes. Both share SFace's input
+# contract; the student is SFace fine-tuned for masked faces (docs/distillation.md, docs/accuracy.md).
+EMBEDDING_MODELS: dict[str, EmbeddingConfig] = {
+    "sface": EmbeddingConfig(),
+    "student": EmbeddingConfig(
+        model_path=DEFAULT_MODEL_DIR / STUDENT_FILE, model_name="visor-masked-student"
+    ),
+}
+
+
+def embedding_config(model: str, model_dir: Path | str = DEFAULT_MODEL_DIR) -> EmbeddingConfig:
+    """The embedding model called `model` (a key of EMBEDDING_MODELS), its file taken from `model_dir`."""
+    if model not in EMBEDDING_MODELS:
+        raise ValueError(f"unknown embedding model {model!r}; choose from {sorted(EMBEDDING_MODELS)}")
+    named = EMBEDDING_MODELS[model]
+    return replace(named, model_path=Path(model_dir) / named.model_path.name)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     intake: IntakeLimits = field(default_factory=IntakeLimits)
@@ -113,11 +133,13 @@ class PipelineConfig:
     thread_spinning: bool = False
 
     @classmethod
-    def for_model_dir(cls, model_dir: Path, **overrides) -> "PipelineConfig":
-        """The default configuration with both default model files taken from `model_dir`."""
+    def for_model_dir(
+        cls, model_dir: Path, *, embedding_model: str = "sface", **overrides
+    ) -> "PipelineConfig":
+        """The default configuration with its model files taken from `model_dir`."""
         model_dir = Path(model_dir)
         return cls(
             detection=replace(DetectionConfig(), model_path=model_dir / YUNET_FILE),
-            embedding=replace(EmbeddingConfig(), model_path=model_dir / SFACE_FILE),
+            embedding=embedding_config(embedding_model, model_dir),
             **overrides,
         )

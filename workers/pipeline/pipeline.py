@@ -16,8 +16,14 @@ from workers.pipeline.alignment import align_faces
 from workers.pipeline.config import PipelineConfig, QualityFloors
 from workers.pipeline.detection import BoundingBox, DetectedFace, FaceDetector
 from workers.pipeline.embedding import FaceEmbedder
+from workers.pipeline.enrollment_augmentation import (
+    AugmentationConfig,
+    SyntheticTemplate,
+    synthetic_mask_templates,
+)
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
+from workers.pipeline.masks import MaskSynthesizer
 from workers.pipeline.quality import FaceQuality, assess_quality
 
 Purpose = Literal["enroll", "identify"]
@@ -97,10 +103,20 @@ class _PreparedImage:
 
 class FacePipeline:
     """Built once per process. `mask_classifier` is injected (the Django layer passes
-    workers.pipeline.mask_classifier.MaskClassifier.load()); without one, every face's `mask` is None."""
+    workers.pipeline.mask_classifier.MaskClassifier.load()); without one, every face's `mask` is None.
+    `mask_synthesizer` enables mask-augmented enrollment templates (`synthetic_templates`)."""
 
-    def __init__(self, config: PipelineConfig, *, mask_classifier: MaskClassifier | None = None) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        mask_classifier: MaskClassifier | None = None,
+        mask_synthesizer: MaskSynthesizer | None = None,
+        augmentation: AugmentationConfig | None = None,
+    ) -> None:
         self.config = config
+        self.mask_synthesizer = mask_synthesizer
+        self.augmentation = augmentation or AugmentationConfig()
         runtime_options = {
             "intra_op_threads": config.intra_op_threads,
             "inter_op_threads": config.inter_op_threads,
@@ -188,6 +204,27 @@ class FacePipeline:
                 )
             )
         return results
+
+    def synthetic_templates(
+        self, image_bytes: bytes, face: FaceAnalysis, *, seed: str
+    ) -> list[SyntheticTemplate]:
+        """Templates of `face` (found in this image) wearing synthetic masks, for mask-robust enrollment.
+
+        Deterministic for a given `seed` (the image's SHA-256 makes a retried enrollment store the same
+        templates). Empty when the pipeline has no mask synthesizer.
+        """
+        if self.mask_synthesizer is None or not self.augmentation.variants:
+            return []
+        image = decode_image(image_bytes, limits=self.config.intake)
+        return synthetic_mask_templates(
+            image,
+            face.landmarks,
+            face.bbox,
+            self.mask_synthesizer,
+            self.embedder,
+            seed=seed,
+            config=self.augmentation,
+        )
 
     def _prepare(self, image_bytes: bytes, floors: QualityFloors, max_faces: int) -> _PreparedImage:
         started = time.perf_counter()

@@ -5,7 +5,7 @@ committed as `weights/masked_student.npz`: for every fine-tuned initializer, the
 in float16, plus the SHA-256 of the exact SFace file it applies to. `build_student_model` reads SFace, adds
 the differences to those initializers and writes the student model; the graph, every other tensor and the
 input contract (112x112 RGB, raw 0..255 values) are SFace's, so the pipeline runs it with an
-`EmbeddingConfig` that differs from SFace's only in path and name (`student_embedding_config`).
+`EmbeddingConfig` that differs from SFace's only in path and name (`config.embedding_config("student")`).
 
 The patching rewrites protobuf fields directly (no `onnx` package needed at runtime), and the output is a
 pure function of the two inputs: the same files always give the same bytes, so the SHA-256 can be pinned.
@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, EmbeddingConfig
+from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, STUDENT_FILE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DELTA_FILE = WEIGHTS_DIR / "masked_student.npz"
-STUDENT_FILE = "visor-masked-student.onnx"
-STUDENT_MODEL_NAME = "visor-masked-student"
+MODELS_MANIFEST = Path(__file__).resolve().parents[2] / "infra" / "models.json"
 DELTA_FORMAT = "visor-onnx-initializer-delta-v1"
 # Keys of the .npz that are metadata, not tensors.
 FORMAT_KEY = "__format__"
@@ -47,11 +47,6 @@ _WIRE_VARINT, _WIRE_FIXED64, _WIRE_BYTES, _WIRE_FIXED32 = 0, 1, 2, 5
 
 class StudentBuildError(ValueError):
     """The delta file does not fit the teacher model it is applied to."""
-
-
-def student_embedding_config(model_dir: Path | str = DEFAULT_MODEL_DIR) -> EmbeddingConfig:
-    """How the pipeline runs the student: SFace's preprocessing, another file and name."""
-    return EmbeddingConfig(model_path=Path(model_dir) / STUDENT_FILE, model_name=STUDENT_MODEL_NAME)
 
 
 def load_delta(delta_path: Path | str) -> tuple[str, dict[str, np.ndarray]]:
@@ -211,17 +206,30 @@ def _serialise(fields: list[tuple[int, int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+def pinned_sha256(manifest_path: Path = MODELS_MANIFEST) -> str:
+    """The SHA-256 infra/models.json pins for the student built from the committed delta."""
+    return json.loads(Path(manifest_path).read_text())["built"]["student"]["sha256"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--delta", type=Path, default=DELTA_FILE)
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="refuse (and remove) a build whose SHA-256 differs from the pin in infra/models.json",
+    )
     args = parser.parse_args(argv)
     output = args.model_dir / STUDENT_FILE
     sha256 = build_student_model(
         teacher_path=args.model_dir / SFACE_FILE, delta_path=args.delta, output_path=output
     )
+    if args.verify and sha256 != pinned_sha256():
+        output.unlink()
+        raise SystemExit(f"{output} has SHA-256 {sha256}; infra/models.json pins {pinned_sha256()}")
     print(f"{output} sha256={sha256}")
 
 

@@ -475,11 +475,11 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     import torch
     import torch.nn.functional as F
 
+    from workers.pipeline.config import STUDENT_FILE
     from workers.pipeline.masks import MaskSynthesizer
     from workers.pipeline.student import (
         DELTA_FORMAT,
         FORMAT_KEY,
-        STUDENT_FILE,
         TEACHER_SHA256_KEY,
         build_student_model,
     )
@@ -663,8 +663,8 @@ def masked_probe_crops(
 
 
 def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Path) -> dict:
+    from workers.pipeline.config import embedding_config
     from workers.pipeline.masks import MaskSynthesizer
-    from workers.pipeline.student import student_embedding_config
 
     masks = MaskSynthesizer(args.templates_dir)
     gallery_rows, probe_rows = _gallery_and_probes(test.identities)
@@ -674,7 +674,7 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
     embedders = {
         "SFace": models.teacher,
         "student": FaceEmbedder.from_config(
-            student_embedding_config(student_path.parent), intra_op_threads=args.threads
+            embedding_config("student", student_path.parent), intra_op_threads=args.threads
         ),
     }
     report: dict = {
@@ -798,7 +798,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.prepare_only:
         return
-    from workers.pipeline.student import STUDENT_FILE
+    from workers.pipeline.config import STUDENT_FILE
 
     student_path = args.model_dir / STUDENT_FILE
     if not args.evaluate_only:

@@ -13,18 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import require_shared_data
 from workers.pipeline.config import PipelineConfig
+
+__all__ = ["require_shared_data"]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MODEL_DIR = REPO_ROOT / "var" / "models"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-def require_shared_data(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent: this test needs the shared evaluation data next to the repository")
-    return path
 
 
 @pytest.fixture(scope="session")

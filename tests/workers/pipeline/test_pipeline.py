@@ -227,3 +227,36 @@ def test_lfw_pairs_are_told_apart(face_pipeline):
 
     assert similarities[genuine].mean() - similarities[~genuine].mean() > 0.4
     assert max(((similarities >= t) == genuine).mean() for t in similarities) >= 0.95
+
+
+def test_synthetic_mask_templates_cover_the_face_deterministically(pipeline_config):
+    from workers.pipeline.enrollment_augmentation import AugmentationConfig
+    from workers.pipeline.masks import MaskSynthesizer
+
+    pipeline = FacePipeline(
+        pipeline_config,
+        mask_synthesizer=MaskSynthesizer(require_shared_data("mask_templates")),
+        augmentation=AugmentationConfig(variants=2),
+    )
+    photo = encode(face_photo())
+    [face] = pipeline.analyze(photo, purpose="enroll").faces
+
+    templates = pipeline.synthetic_templates(photo, face, seed="image-sha")
+
+    assert [t.mask_type for t in templates] == ["surgical_blue", "surgical"]
+    for template in templates:
+        assert template.embedding.shape == face.embedding.shape
+        assert np.linalg.norm(template.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert float(template.embedding @ face.embedding) < 0.999, "the mask must change the embedding"
+        changed = np.abs(template.aligned_crop.astype(np.int16) - face.aligned_crop).sum(axis=2) > 30
+        assert changed[75:105, 35:77].mean() > 0.5  # mouth and chin covered
+        assert changed[30:55, 20:92].mean() < 0.05  # eyes untouched
+    again = pipeline.synthetic_templates(photo, face, seed="image-sha")
+    assert all(np.array_equal(a.embedding, b.embedding) for a, b in zip(templates, again, strict=True))
+
+
+def test_without_a_mask_synthesizer_no_synthetic_templates_are_made(face_pipeline):
+    photo = encode(face_photo())
+    [face] = face_pipeline.analyze(photo, purpose="enroll").faces
+
+    assert face_pipeline.synthetic_templates(photo, face, seed="image-sha") == []

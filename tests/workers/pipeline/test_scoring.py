@@ -72,6 +72,19 @@ def test_logistic_fit_recovers_known_parameters():
     assert intercept == pytest.approx(-6, rel=0.08)
 
 
+def test_logistic_fit_assumes_equal_priors_whatever_the_class_balance():
+    rng = np.random.default_rng(3)
+    genuine, impostor = rng.normal(0.6, 0.1, 600), rng.normal(0.1, 0.1, 600)
+    balanced = fit_logistic(np.concatenate([genuine, impostor]), np.r_[np.ones(600), np.zeros(600)])
+
+    # Three times as many genuine pairs, the same distributions: the same calibrated probability.
+    skewed = fit_logistic(
+        np.concatenate([genuine, genuine, genuine, impostor]), np.r_[np.ones(1800), np.zeros(600)]
+    )
+
+    assert skewed == pytest.approx(balanced, rel=1e-6)
+
+
 def test_far_threshold_lets_through_the_allowed_fraction():
     impostors = np.random.default_rng(6).permutation(np.arange(100_000, dtype=np.float32) / 100_000)
 

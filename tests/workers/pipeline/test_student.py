@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 
 from workers.pipeline.alignment import ARCFACE_TEMPLATE
-from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE
+from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, embedding_config
 from workers.pipeline.embedding import FaceEmbedder
 from workers.pipeline.student import (
     DELTA_FILE,
-    STUDENT_MODEL_NAME,
     StudentBuildError,
     build_student_model,
     load_delta,
     patch_initializers,
-    student_embedding_config,
 )
 
 TEACHER = DEFAULT_MODEL_DIR / SFACE_FILE
@@ -82,6 +80,9 @@ def test_build_is_deterministic(teacher_path, student_path, tmp_path):
     assert sha256 != hashlib.sha256(teacher_path.read_bytes()).hexdigest()
 
 
+STUDENT_MODEL_NAME = "visor-masked-student"
+
+
 def test_student_embeddings_are_normalised_deterministic_and_not_the_teachers(teacher_path, student_path):
     student = FaceEmbedder(student_path, model_name=STUDENT_MODEL_NAME)
     teacher = FaceEmbedder(teacher_path)
@@ -101,7 +102,7 @@ def test_student_embeddings_are_normalised_deterministic_and_not_the_teachers(te
 
 
 def test_embedding_config_differs_from_sface_only_in_file_and_name():
-    config = student_embedding_config(DEFAULT_MODEL_DIR)
+    config = embedding_config("student", DEFAULT_MODEL_DIR)
     assert config.model_path == DEFAULT_MODEL_DIR / "visor-masked-student.onnx"
     assert config.model_name == STUDENT_MODEL_NAME
     assert (config.channel_order, config.input_mean, config.input_scale) == ("rgb", 0.0, 1.0)
