@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from workers.pipeline import protobuf_wire
 from workers.pipeline.errors import ModelUnavailable
 
 BATCH_DIMENSION_NAME = "batch"
@@ -31,10 +32,6 @@ _TYPE_TENSOR = 1
 _TENSOR_TYPE_SHAPE = 2
 _SHAPE_DIM = 1
 _DIM_PARAM = 2
-
-_WIRE_VARINT, _WIRE_FIXED64, _WIRE_BYTES, _WIRE_FIXED32 = 0, 1, 2, 5
-
-_Field = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -111,17 +108,17 @@ def prepare_model(model_bytes: bytes, *, free_batch_dimension: bool) -> bytes:
     Intermediate shape annotations (value_info) are dropped when the batch is freed, since they may still
     say 1; onnxruntime infers them again.
     """
-    model_fields = _parse(model_bytes)
+    model_fields = protobuf_wire.parse(model_bytes)
     rewritten = []
     for number, wire_type, value in model_fields:
-        if number == _MODEL_GRAPH and wire_type == _WIRE_BYTES:
+        if number == _MODEL_GRAPH and wire_type == protobuf_wire.WIRE_BYTES:
             value = _prepare_graph(value, free_batch_dimension)
         rewritten.append((number, wire_type, value))
-    return _serialise(rewritten)
+    return protobuf_wire.serialise(rewritten)
 
 
 def _prepare_graph(graph: bytes, free_batch_dimension: bool) -> bytes:
-    fields = _parse(graph)
+    fields = protobuf_wire.parse(graph)
     weight_names = {
         _string_field(value, _TENSOR_NAME) for number, _, value in fields if number == _GRAPH_INITIALIZER
     }
@@ -137,18 +134,20 @@ def _prepare_graph(graph: bytes, free_batch_dimension: bool) -> bytes:
         elif number == _GRAPH_VALUE_INFO and free_batch_dimension:
             continue
         rewritten.append((number, wire_type, value))
-    return _serialise(rewritten)
+    return protobuf_wire.serialise(rewritten)
 
 
 def _free_first_dimension(value_info: bytes) -> bytes:
     def rewrite_shape(shape: bytes) -> bytes:
-        dims = _parse(shape)
+        dims = protobuf_wire.parse(shape)
         first_dim = next((i for i, (number, _, _) in enumerate(dims) if number == _SHAPE_DIM), None)
         if first_dim is None:
             return shape
-        symbolic = _serialise([(_DIM_PARAM, _WIRE_BYTES, BATCH_DIMENSION_NAME.encode())])
-        dims[first_dim] = (_SHAPE_DIM, _WIRE_BYTES, symbolic)
-        return _serialise(dims)
+        symbolic = protobuf_wire.serialise(
+            [(_DIM_PARAM, protobuf_wire.WIRE_BYTES, BATCH_DIMENSION_NAME.encode())]
+        )
+        dims[first_dim] = (_SHAPE_DIM, protobuf_wire.WIRE_BYTES, symbolic)
+        return protobuf_wire.serialise(dims)
 
     def rewrite_tensor_type(tensor_type: bytes) -> bytes:
         return _rewrite_submessage(tensor_type, _TENSOR_TYPE_SHAPE, rewrite_shape)
@@ -160,78 +159,20 @@ def _free_first_dimension(value_info: bytes) -> bytes:
 
 
 def _rewrite_submessage(message: bytes, field_number: int, rewrite) -> bytes:
-    return _serialise(
+    return protobuf_wire.serialise(
         [
             (
                 number,
                 wire_type,
-                rewrite(value) if number == field_number and wire_type == _WIRE_BYTES else value,
+                rewrite(value) if number == field_number and wire_type == protobuf_wire.WIRE_BYTES else value,
             )
-            for number, wire_type, value in _parse(message)
+            for number, wire_type, value in protobuf_wire.parse(message)
         ]
     )
 
 
 def _string_field(message: bytes, field_number: int) -> str | None:
-    for number, wire_type, value in _parse(message):
-        if number == field_number and wire_type == _WIRE_BYTES:
+    for number, wire_type, value in protobuf_wire.parse(message):
+        if number == field_number and wire_type == protobuf_wire.WIRE_BYTES:
             return value.decode("utf-8")
     return None
-
-
-def _read_varint(buffer: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        low_bits = value & 0x7F
-        value >>= 7
-        if value:
-            encoded.append(low_bits | 0x80)
-        else:
-            encoded.append(low_bits)
-            return bytes(encoded)
-
-
-def _parse(message: bytes) -> list[_Field]:
-    """The top-level fields of a protobuf message, in order, each with its raw payload."""
-    fields = []
-    position, end = 0, len(message)
-    while position < end:
-        key, position = _read_varint(message, position)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == _WIRE_VARINT:
-            _, value_end = _read_varint(message, position)
-        elif wire_type == _WIRE_FIXED64:
-            value_end = position + 8
-        elif wire_type == _WIRE_FIXED32:
-            value_end = position + 4
-        elif wire_type == _WIRE_BYTES:
-            length, position = _read_varint(message, position)
-            value_end = position + length
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type} in field {number}")
-        if value_end > end:
-            raise ValueError("truncated protobuf message")
-        fields.append((number, wire_type, message[position:value_end]))
-        position = value_end
-    return fields
-
-
-def _serialise(fields: list[_Field]) -> bytes:
-    parts = []
-    for number, wire_type, value in fields:
-        parts.append(_encode_varint(number << 3 | wire_type))
-        if wire_type == _WIRE_BYTES:
-            parts.append(_encode_varint(len(value)))
-        parts.append(value)
-    return b"".join(parts)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.pipeline import protobuf_wire
 from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, STUDENT_FILE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -42,7 +43,6 @@ _TENSOR_FLOAT_DATA = 4
 _TENSOR_NAME = 8
 _TENSOR_RAW_DATA = 9
 _FLOAT = 1
-_WIRE_VARINT, _WIRE_FIXED64, _WIRE_BYTES, _WIRE_FIXED32 = 0, 1, 2, 5
 
 
 class StudentBuildError(ValueError):
@@ -87,36 +87,42 @@ def patch_initializers(model_bytes: bytes, deltas: dict[str, np.ndarray]) -> byt
 
     def patch_graph(graph: bytes) -> bytes:
         fields = []
-        for number, wire_type, value in _parse(graph):
-            if number == _GRAPH_INITIALIZER and wire_type == _WIRE_BYTES:
+        for number, wire_type, value in protobuf_wire.parse(graph):
+            if number == _GRAPH_INITIALIZER and wire_type == protobuf_wire.WIRE_BYTES:
                 value = _patch_tensor(value, remaining)
             fields.append((number, wire_type, value))
-        return _serialise(fields)
+        return protobuf_wire.serialise(fields)
 
     fields = [
         (
             number,
             wire_type,
-            patch_graph(value) if number == _MODEL_GRAPH and wire_type == _WIRE_BYTES else value,
+            patch_graph(value) if number == _MODEL_GRAPH and wire_type == protobuf_wire.WIRE_BYTES else value,
         )
-        for number, wire_type, value in _parse(model_bytes)
+        for number, wire_type, value in protobuf_wire.parse(model_bytes)
     ]
     if remaining:
         raise StudentBuildError(f"the teacher model has no initializers {sorted(remaining)}")
-    return _serialise(fields)
+    return protobuf_wire.serialise(fields)
 
 
 def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
-    fields = _parse(tensor)
-    name = next((v.decode("utf-8") for n, w, v in fields if n == _TENSOR_NAME and w == _WIRE_BYTES), None)
+    fields = protobuf_wire.parse(tensor)
+    name = next(
+        (v.decode("utf-8") for n, w, v in fields if n == _TENSOR_NAME and w == protobuf_wire.WIRE_BYTES), None
+    )
     if name not in remaining:
         return tensor
     delta = remaining.pop(name)
     dims: list[int] = []
     for number, wire_type, value in fields:
         if number == _TENSOR_DIMS:
-            dims.extend(_varints(value) if wire_type == _WIRE_BYTES else [_read_varint(value, 0)[0]])
-        elif number == _TENSOR_DATA_TYPE and _read_varint(value, 0)[0] != _FLOAT:
+            dims.extend(
+                _varints(value)
+                if wire_type == protobuf_wire.WIRE_BYTES
+                else [protobuf_wire.read_varint(value, 0)[0]]
+            )
+        elif number == _TENSOR_DATA_TYPE and protobuf_wire.read_varint(value, 0)[0] != _FLOAT:
             raise StudentBuildError(f"initializer {name} is not float32")
     if tuple(dims) != delta.shape:
         raise StudentBuildError(f"initializer {name} has shape {tuple(dims)}, the delta {delta.shape}")
@@ -124,7 +130,7 @@ def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
     replaced = False
     for number, wire_type, value in fields:
         # Float data is either packed float_data or raw_data; both are little-endian float32 bytes.
-        if number in (_TENSOR_FLOAT_DATA, _TENSOR_RAW_DATA) and wire_type == _WIRE_BYTES:
+        if number in (_TENSOR_FLOAT_DATA, _TENSOR_RAW_DATA) and wire_type == protobuf_wire.WIRE_BYTES:
             weights = np.frombuffer(value, dtype="<f4")
             if weights.size != delta.size:
                 raise StudentBuildError(
@@ -137,73 +143,15 @@ def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
         patched.append((number, wire_type, value))
     if not replaced:
         raise StudentBuildError(f"initializer {name} has no float data")
-    return _serialise(patched)
+    return protobuf_wire.serialise(patched)
 
 
 def _varints(buffer: bytes) -> list[int]:
     values, position = [], 0
     while position < len(buffer):
-        value, position = _read_varint(buffer, position)
+        value, position = protobuf_wire.read_varint(buffer, position)
         values.append(value)
     return values
-
-
-def _read_varint(buffer: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        low_bits = value & 0x7F
-        value >>= 7
-        if value:
-            encoded.append(low_bits | 0x80)
-        else:
-            encoded.append(low_bits)
-            return bytes(encoded)
-
-
-def _parse(message: bytes) -> list[tuple[int, int, bytes]]:
-    """The top-level fields of a protobuf message, in order, each with its raw payload."""
-    fields = []
-    position, end = 0, len(message)
-    while position < end:
-        key, position = _read_varint(message, position)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == _WIRE_VARINT:
-            _, value_end = _read_varint(message, position)
-        elif wire_type == _WIRE_FIXED64:
-            value_end = position + 8
-        elif wire_type == _WIRE_FIXED32:
-            value_end = position + 4
-        elif wire_type == _WIRE_BYTES:
-            length, position = _read_varint(message, position)
-            value_end = position + length
-        else:
-            raise StudentBuildError(f"unsupported protobuf wire type {wire_type} in field {number}")
-        if value_end > end:
-            raise StudentBuildError("truncated protobuf message")
-        fields.append((number, wire_type, message[position:value_end]))
-        position = value_end
-    return fields
-
-
-def _serialise(fields: list[tuple[int, int, bytes]]) -> bytes:
-    parts = []
-    for number, wire_type, value in fields:
-        parts.append(_encode_varint(number << 3 | wire_type))
-        if wire_type == _WIRE_BYTES:
-            parts.append(_encode_varint(len(value)))
-        parts.append(value)
-    return b"".join(parts)
 
 
 def pinned_sha256(manifest_path: Path = MODELS_MANIFEST) -> str:
