@@ -1,6 +1,9 @@
-"""The process-wide face pipeline, configured from Django settings.
+"""The process-wide face pipelines, configured from Django settings.
 
-Building it loads the ONNX sessions, so it is built once per process, on first use.
+`get_face_pipeline()` runs the configured embedding model (VISOR_EMBEDDING_MODEL): new galleries and
+templates use it. After the setting changes, galleries whose templates another model made keep working
+through `pipeline_for_model_version` until `manage.py reembed` moves them over. Building a pipeline loads
+its ONNX sessions, so each is built once per process, on first use.
 """
 
 import logging
@@ -8,18 +11,38 @@ from functools import cache
 
 from django.conf import settings
 
-from workers.pipeline.config import IntakeLimits, PipelineConfig
+from workers.pipeline.config import EMBEDDING_MODELS, IntakeLimits, PipelineConfig
 from workers.pipeline.enrollment_augmentation import AugmentationConfig
+from workers.pipeline.errors import ModelUnavailable
 from workers.pipeline.pipeline import FacePipeline
 
 logger = logging.getLogger(__name__)
 
 
-@cache
 def get_face_pipeline() -> FacePipeline:
+    return _pipeline(settings.VISOR_EMBEDDING_MODEL)
+
+
+def pipeline_for_model_version(model_version: str) -> FacePipeline | None:
+    """The pipeline whose embedding model made templates of `model_version`; None if no model here did."""
+    current = get_face_pipeline()
+    if current.model_version == model_version:
+        return current
+    for name in EMBEDDING_MODELS:
+        try:
+            pipeline = _pipeline(name)
+        except ModelUnavailable:
+            continue
+        if pipeline.model_version == model_version:
+            return pipeline
+    return None
+
+
+@cache
+def _pipeline(embedding_model: str) -> FacePipeline:
     config = PipelineConfig.for_model_dir(
         settings.VISOR_MODEL_DIR,
-        embedding_model=settings.VISOR_EMBEDDING_MODEL,
+        embedding_model=embedding_model,
         intake=IntakeLimits(
             max_bytes=settings.VISOR_MAX_IMAGE_BYTES, max_pixels=settings.VISOR_MAX_IMAGE_PIXELS
         ),

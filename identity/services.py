@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from identity import search, selectors
-from identity.face_pipeline import get_face_pipeline
+from identity.face_pipeline import get_face_pipeline, pipeline_for_model_version
 from identity.matching import Candidate, default_threshold, rank_subjects
 from identity.models import Face, FaceTemplate, Gallery, Job, PendingObjectDeletion, Subject
 from identity.problems import (
@@ -30,10 +30,9 @@ from identity.problems import (
 from identity.serializers import face_geometry, face_representation
 from tenants.rls import tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
-from workers.pipeline.enrollment_augmentation import SyntheticTemplate
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
-from workers.pipeline.pipeline import FaceAnalysis, ImageAnalysis
+from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 
 MAX_ENROLL_FACES_CONSIDERED = 20
 
@@ -227,11 +226,15 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
         job.save(update_fields=["status", "started_at", "attempts"])
         image_bytes, largest = bytes(job.input_image or b""), bool(job.options.get("largest"))
-
-    try:
-        analysis = get_face_pipeline().analyze(
-            image_bytes, purpose="enroll", max_faces=MAX_ENROLL_FACES_CONSIDERED
+        gallery_version = (
+            Gallery.objects.filter(subjects__id=job.subject_id, tenant_id=tenant_id)
+            .values_list("model_version", flat=True)
+            .first()
         )
+
+    pipeline = get_face_pipeline()
+    try:
+        analysis = pipeline.analyze(image_bytes, purpose="enroll", max_faces=MAX_ENROLL_FACES_CONSIDERED)
     except ImageRejected as rejection:
         return _finish_job(
             job_id=job_id,
@@ -243,7 +246,14 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
     if rejection:
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=rejection)
     image_sha256 = hashlib.sha256(image_bytes).hexdigest()
-    synthetic = get_face_pipeline().synthetic_templates(image_bytes, chosen, seed=image_sha256)
+    template_sets = [_face_templates(pipeline, image_bytes, analysis, chosen, seed=image_sha256)]
+    # A gallery not yet re-embedded after a model change is searched with its own model: the new face must
+    # be findable there now, and with the current model once `reembed` switches the gallery over.
+    gallery_pipeline = pipeline_for_model_version(gallery_version) if gallery_version else None
+    if gallery_pipeline is not None and gallery_pipeline.model_version != pipeline.model_version:
+        template_sets.append(
+            _face_templates(gallery_pipeline, image_bytes, analysis, chosen, seed=image_sha256)
+        )
 
     face_id = uuid.uuid5(uuid.UUID(job_id), "face")
     with tenant_transaction(tenant_id):
@@ -272,7 +282,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             face_id=face_id,
             analysis=analysis,
             chosen=chosen,
-            synthetic=synthetic,
+            template_sets=template_sets,
             image_sha256=image_sha256,
             stored_key=stored_key,
         )
@@ -319,13 +329,21 @@ def _choose_enrollment_face(
     return face, None
 
 
+@dataclass(frozen=True, eq=False)
+class TemplateSet:
+    """The templates one embedding model makes of one face: its original and its synthetic-mask ones."""
+
+    model_version: str
+    embeddings: list[tuple[str, np.ndarray]]  # (FaceTemplate.Kind, (D,) float32)
+
+
 def _store_face(
     *,
     job: Job,
     face_id: uuid.UUID,
     analysis: ImageAnalysis,
     chosen: FaceAnalysis,
-    synthetic: list[SyntheticTemplate],
+    template_sets: list[TemplateSet],
     image_sha256: str,
     stored_key: str,
 ) -> Face:
@@ -347,21 +365,28 @@ def _store_face(
         image_key=stored_key,
         image_sha256=image_sha256,
     )
-    _store_templates(
-        face=face,
-        chosen=chosen,
-        synthetic=synthetic,
-        model_version=analysis.model_version,
-    )
+    _store_templates(face=face, template_sets=template_sets)
     return face
 
 
-def _store_templates(
-    *, face: Face, chosen: FaceAnalysis, synthetic: list[SyntheticTemplate], model_version: str
-) -> None:
-    """The face's original template and its synthetic-mask ones (mask-robust identification)."""
-    embeddings = [(FaceTemplate.Kind.ORIGINAL, chosen.embedding)]
-    embeddings += [(FaceTemplate.Kind.SYNTHETIC_MASK, template.embedding) for template in synthetic]
+def _face_templates(
+    pipeline: FacePipeline, image_bytes: bytes, analysis: ImageAnalysis, face: FaceAnalysis, *, seed: str
+) -> TemplateSet:
+    """`pipeline`'s templates of `face`, found in this image by any pipeline (they share the detector)."""
+    original = (
+        face.embedding
+        if analysis.model_version == pipeline.model_version
+        else pipeline.embedder.embed([face.aligned_crop])[0]
+    )
+    synthetic = pipeline.synthetic_templates(image_bytes, face, seed=seed)
+    return TemplateSet(
+        pipeline.model_version,
+        [(FaceTemplate.Kind.ORIGINAL, original)]
+        + [(FaceTemplate.Kind.SYNTHETIC_MASK, template.embedding) for template in synthetic],
+    )
+
+
+def _store_templates(*, face: Face, template_sets: list[TemplateSet]) -> None:
     FaceTemplate.objects.bulk_create(
         FaceTemplate(
             tenant_id=face.tenant_id,
@@ -370,9 +395,10 @@ def _store_templates(
             face=face,
             kind=kind,
             embedding=embedding.astype(np.float32),
-            model_version=model_version,
+            model_version=template_set.model_version,
         )
-        for kind, embedding in embeddings
+        for template_set in template_sets
+        for kind, embedding in template_set.embeddings
     )
 
 
@@ -434,9 +460,19 @@ def _require_quota(*, tenant, operation: str) -> None:
         check_quota(tenant=tenant, operation=operation)
 
 
-def _analyze(image_bytes: bytes, *, max_faces: int) -> ImageAnalysis:
+def _gallery_pipeline(gallery: Gallery) -> FacePipeline:
+    pipeline = pipeline_for_model_version(gallery.model_version)
+    if pipeline is None:
+        raise GalleryModelMismatch(
+            f"The gallery's templates were made with {gallery.model_version}, which this service no longer "
+            f"runs. Re-embed the gallery (manage.py reembed --gallery {gallery.id})."
+        )
+    return pipeline
+
+
+def _analyze(pipeline: FacePipeline, image_bytes: bytes, *, max_faces: int) -> ImageAnalysis:
     try:
-        return get_face_pipeline().analyze(image_bytes, purpose="identify", max_faces=max_faces)
+        return pipeline.analyze(image_bytes, purpose="identify", max_faces=max_faces)
     except ImageRejected as rejection:
         raise InvalidImage(rejection) from None
 
@@ -454,9 +490,7 @@ def identify(
 ) -> Identification:
     _require_quota(tenant=tenant, operation="identify")
     started = time.perf_counter()
-    analysis = _analyze(image_bytes, max_faces=max_faces)
-    if analysis.model_version != gallery.model_version:
-        raise GalleryModelMismatch(_model_mismatch_detail(gallery, analysis.model_version))
+    analysis = _analyze(_gallery_pipeline(gallery), image_bytes, max_faces=max_faces)
     search_started = time.perf_counter()
     identified = []
     fetch = max(search.MIN_TEMPLATES_FETCHED, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
@@ -501,13 +535,6 @@ def _probe_masked(face: FaceAnalysis) -> bool:
     return bool(face.mask and face.mask.masked)
 
 
-def _model_mismatch_detail(gallery: Gallery, model_version: str) -> str:
-    return (
-        f"The gallery's templates were made with {gallery.model_version}; the service now runs "
-        f"{model_version}. Re-embed the gallery (manage.py reembed --gallery {gallery.id})."
-    )
-
-
 def _tenant_threshold(tenant, model_version: str, *, operation: str, probe_masked: bool) -> float:
     return (
         tenant.default_match_threshold
@@ -542,12 +569,11 @@ def verify(
     usage_key: str,
 ) -> Verification:
     _require_quota(tenant=tenant, operation="verify")
-    probe = _single_face(_analyze(image_bytes, max_faces=1), "image")
-    model_version = get_face_pipeline().model_version
+    pipeline = _gallery_pipeline(subject.gallery) if subject is not None else get_face_pipeline()
+    model_version = pipeline.model_version
+    probe = _single_face(_analyze(pipeline, image_bytes, max_faces=1), "image")
     if subject is not None:
         gallery = subject.gallery
-        if gallery.model_version != model_version:
-            raise GalleryModelMismatch(_model_mismatch_detail(gallery, model_version))
         with tenant_transaction(tenant.id):
             hits = search.nearest_templates(
                 tenant_id=tenant.id,
@@ -561,7 +587,7 @@ def verify(
                 "The subject has no enrolled faces to compare with.", reasons=["NO_TEMPLATES"]
             )
     else:
-        other = _single_face(_analyze(image2_bytes, max_faces=1), "image2")
+        other = _single_face(_analyze(pipeline, image2_bytes, max_faces=1), "image2")
         # The second image plays the enrolled side: its plain embedding is an "original" template.
         hits = [
             search.TemplateHit(
@@ -597,7 +623,7 @@ def verify(
 
 def detect(*, tenant, api_key, image_bytes: bytes, max_faces: int, usage_key: str) -> ImageAnalysis:
     _require_quota(tenant=tenant, operation="detect")
-    analysis = _analyze(image_bytes, max_faces=max_faces)
+    analysis = _analyze(get_face_pipeline(), image_bytes, max_faces=max_faces)
     with tenant_transaction(tenant.id):
         record_usage(
             tenant=tenant,
@@ -675,13 +701,12 @@ def reembed_gallery(*, tenant, gallery_id, progress=None) -> ReembedReport:
         with default_storage.open(face.image_key, "rb") as handle:
             image_bytes = handle.read()
         analysis = pipeline.analyze(image_bytes, purpose="identify", max_faces=MAX_ENROLL_FACES_CONSIDERED)
-        chosen = _same_face(analysis, face)
-        synthetic = pipeline.synthetic_templates(image_bytes, chosen, seed=face.image_sha256)
+        templates = _face_templates(
+            pipeline, image_bytes, analysis, _same_face(analysis, face), seed=face.image_sha256
+        )
         with tenant_transaction(tenant.id):
             FaceTemplate.objects.filter(face=face, model_version=pipeline.model_version).delete()
-            _store_templates(
-                face=face, chosen=chosen, synthetic=synthetic, model_version=pipeline.model_version
-            )
+            _store_templates(face=face, template_sets=[templates])
         if progress:
             progress(done, len(faces))
     with tenant_transaction(tenant.id):
