@@ -17,9 +17,16 @@ from django.db import connection, transaction
 from identity.models import FaceTemplate, Gallery
 
 ANN_MIN_TEMPLATES = 20_000
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 128
-HNSW_EF_SEARCH = 200
+# Face embeddings spread identities over most of the 128 dimensions (they are trained to), so the nearest
+# impostors of a probe are barely closer than the rest and HNSW needs a dense graph: on LFW-fitted data
+# (bench/search.py, docs/performance.md) m = 32 / ef_construction = 256 reaches recall@10 0.985 at ef_search
+# 200 and 0.999 at 400 for 100,000 templates, where m = 16 / 128 needed ef_search 800. Costs: ~4x the build
+# time and ~25 % more index than m = 16.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 256
+HNSW_EF_SEARCH = 400
+# In-memory build (~1.7 kB of graph per template at m = 32: 2 GB holds ~1.2 M templates), with this many
+# parallel workers besides the leader: set it to the database's vCPUs - 1.
 HNSW_BUILD_MAINTENANCE_WORK_MEM = "2GB"
 HNSW_BUILD_PARALLEL_WORKERS = 1
 TEMPLATES_PER_SUBJECT_FETCHED = 8
@@ -92,10 +99,9 @@ def nearest_templates(
 def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:
     """Create the gallery's partial HNSW index without blocking writes (must run outside a transaction).
 
-    The graph is built in memory when it fits in maintenance_work_mem (about 1.2 kB per template at m = 16,
-    so 2 GB holds ~1.5 M templates; a build that spills to disk is several times slower), and in parallel
-    with HNSW_BUILD_PARALLEL_WORKERS workers besides the leader (pgvector >= 0.6). A parallel build keeps the
-    graph in dynamic shared memory: the database's /dev/shm must hold maintenance_work_mem.
+    The graph is built in memory while it fits in maintenance_work_mem (a build that spills to disk is
+    several times slower), in parallel with HNSW_BUILD_PARALLEL_WORKERS workers besides the leader. A parallel
+    build keeps the graph in dynamic shared memory: the database's /dev/shm must hold maintenance_work_mem.
     """
     name = ann_index_name(gallery_id)
     with connection.cursor() as cursor:

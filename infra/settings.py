@@ -191,7 +191,7 @@ CELERY_TIMEZONE = "UTC"
 VISOR_MODEL_DIR = Path(os.environ.get("VISOR_MODEL_DIR", BASE_DIR / "var" / "models"))
 VISOR_ONNX_THREADS = env_int("VISOR_ONNX_THREADS", 2)
 # "student" (the mask-robust embedding, docs/accuracy.md) or "sface"; changing it needs `manage.py reembed`.
-VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "sface")
+VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "student")
 # MaskTheFace's RGBA templates (MIT) for the synthetic-mask templates drawn at enrollment. Without them
 # enrollment stores the original template only, and masked probes match less well (docs/accuracy.md).
 VISOR_MASK_TEMPLATES_DIR = Path(

@@ -5,11 +5,12 @@ What is metered, and where (every call goes through `tenants.services.record_usa
 - enroll: 1 unit per face indexed, recorded by `identity.services.process_face_enrollment` in the same
   transaction that stores the face, keyed `job:<job id>`, so a redelivered task cannot bill twice.
 - identify, verify, detect: 1 unit per request (per image, not per face found), recorded after the work
-  succeeded, keyed `request:<request id>`. A request that fails (4xx, 5xx) raises before `record_usage`
-  runs, or rolls back the transaction holding it, so it is never billed.
+  succeeded, keyed `idempotency:<Idempotency-Key>` when the client sends one (so its retries count once),
+  else `request:<request id>`. A request that fails (4xx, 5xx) raises before `record_usage` runs, or rolls
+  back the transaction holding it, so it is never billed.
 - stored_face_months: the number of stored faces, recorded once per UTC day by the stored-faces snapshot
   (`tenants.billing_services.record_stored_faces_snapshot`), keyed `snapshot:<YYYY-MM-DD>`. Its ledger
-  units are face-days; an invoice converts the month's face-days to face-months (see `face_months`).
+  units are face-days; invoices and quotas convert the month's face-days to face-months (`month_units`).
 
 Invoices are computed from the ledger (UsageRecord) itself, not from the DailyUsage cache, so they are exact
 whatever the aggregation lag.
@@ -33,6 +34,17 @@ def face_months(*, face_days: int, days_in_month: int) -> int:
     are 30,000 face-days and 1,000 face-months; 15 face-days in that month are 0.5 and round up to 1.
     """
     return int((Decimal(face_days) / Decimal(days_in_month)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def month_units(*, operation: str, ledger_units: int, month_start: datetime) -> int:
+    """A month's ledger units of `operation` in the unit plans include and invoices bill.
+
+    The same for every operation but stored faces, whose ledger counts face-days and whose plans count
+    face-months; mixing the two would let a plan's face-months be used up by face-days.
+    """
+    if operation == Operation.STORED_FACE_MONTHS:
+        return face_months(face_days=ledger_units, days_in_month=days_in_month(month_start))
+    return ledger_units
 
 
 def line_amount(*, billable: int, unit_price_per_1000: Decimal) -> Decimal:
@@ -76,9 +88,9 @@ def price_month(*, plan: Plan, ledger_units: dict[str, int], month_start: dateti
     """
     lines = []
     for operation in Operation.values:
-        units = ledger_units.get(operation, 0)
-        if operation == Operation.STORED_FACE_MONTHS:
-            units = face_months(face_days=units, days_in_month=days_in_month(month_start))
+        units = month_units(
+            operation=operation, ledger_units=ledger_units.get(operation, 0), month_start=month_start
+        )
         included = plan.included_units(operation)
         billable = max(0, units - included)
         price = Decimal(getattr(plan, f"overage_{operation}_per_1000"))

@@ -53,6 +53,11 @@ def tenant_ids_with_ledger_records(*, start: datetime, end: datetime) -> set[uui
     )
 
 
+def tenant_ids_with_daily_usage(*, day: date) -> set[uuid.UUID]:
+    """Tenants with DailyUsage rows on `day`. Operator path."""
+    return set(DailyUsage.objects.filter(day=day).values_list("tenant_id", flat=True).distinct())
+
+
 def stored_face_counts() -> dict[uuid.UUID, int]:
     """Faces stored now, per tenant that has any. Operator path."""
     # By name rather than imported: identity depends on tenants, not the other way round.

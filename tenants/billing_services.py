@@ -70,23 +70,35 @@ def rebuild_daily_usage(*, tenant: Tenant, day: date) -> list[DailyUsage]:
     )
 
 
+def rebuild_usage_aggregates(*, first_day: date, last_day: date) -> int:
+    """Rebuild every tenant's aggregates of the days first_day..last_day (UTC, inclusive) from the ledger;
+    returns how many tenant-days were rebuilt. Operator path.
+
+    A tenant-day is rebuilt when the ledger has records on it or the cache has rows for it, so that a cache
+    row with nothing behind it in the ledger goes too.
+    """
+    rebuilt = 0
+    day = first_day
+    while day <= last_day:
+        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        tenant_ids = billing_selectors.tenant_ids_with_ledger_records(
+            start=start, end=start + timedelta(days=1)
+        ) | billing_selectors.tenant_ids_with_daily_usage(day=day)
+        for tenant in Tenant.objects.filter(id__in=tenant_ids):
+            rebuild_daily_usage(tenant=tenant, day=day)
+            rebuilt += 1
+        day += timedelta(days=1)
+    return rebuilt
+
+
 def aggregate_recent_usage(*, now: datetime) -> int:
-    """Rebuild today's and yesterday's aggregates (UTC) of every tenant with usage on them; returns how many
-    tenant-days were rebuilt. Operator path.
+    """Rebuild today's and yesterday's aggregates (UTC); returns how many tenant-days were rebuilt. Operator
+    path.
 
     Yesterday too, because a record stamped just before midnight may commit after the day's last run.
     """
     today = now.astimezone(UTC).date()
-    rebuilt = 0
-    for day in (today - timedelta(days=1), today):
-        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-        tenant_ids = billing_selectors.tenant_ids_with_ledger_records(
-            start=start, end=start + timedelta(days=1)
-        )
-        for tenant in Tenant.objects.filter(id__in=tenant_ids):
-            rebuild_daily_usage(tenant=tenant, day=day)
-            rebuilt += 1
-    return rebuilt
+    return rebuild_usage_aggregates(first_day=today - timedelta(days=1), last_day=today)
 
 
 # --- Invoices --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ class with the same `export` method; none is bundled.
 import csv
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -77,8 +78,17 @@ class FileExporter:
         folder = self.directory / str(invoice.tenant_id)
         folder.mkdir(parents=True, exist_ok=True)
         stem = invoice_file_stem(invoice)
-        (folder / f"{stem}.json").write_text(json.dumps(invoice_document(invoice), indent=2) + "\n")
-        (folder / f"{stem}.csv").write_text(invoice_csv(invoice))
+        _write_atomically(folder / f"{stem}.json", json.dumps(invoice_document(invoice), indent=2) + "\n")
+        _write_atomically(folder / f"{stem}.csv", invoice_csv(invoice))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A worker killed mid-write must not leave a truncated document for a billing system that picks files up
+    # from the directory: a rename within a directory is atomic. The partial name is unique per write, so
+    # that two overlapping exports of one invoice (a retry racing a slow first run) never share one.
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def configured_exporter() -> InvoiceExporter:

@@ -15,7 +15,7 @@ from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 
 from infra.request_id import current_request_id
-from tenants import api_keys, selectors
+from tenants import api_keys, billing, selectors
 from tenants.actors import as_actor
 from tenants.models import ApiKey, AuditEvent, Operation, Plan, Scope, Tenant, UsageRecord
 from tenants.periods import calendar_month
@@ -319,18 +319,24 @@ def check_quota(*, tenant: Tenant, operation: str, units: int = 1, now: datetime
     """Raise QuotaExceeded (429) when `units` more of `operation` would pass the plan's monthly included
     units and the plan does not allow overage. Call it inside the tenant's transaction, before the work.
 
-    Concurrent requests can each pass the check at the edge of the quota, so a month may end a few units
-    over; the ledger still counts every one.
+    Units are the plan's: face-months for stored faces, whose ledger face-days are converted as the invoice
+    converts them (tenants.billing.month_units). Concurrent requests can each pass the check at the edge of
+    the quota, so a month may end a few units over; the ledger still counts every one.
     """
     plan = tenant.plan
     if plan.allows_overage:
         return
     now = now or timezone.now()
+    month = calendar_month(now)
     included = plan.included_units(operation)
-    used = selectors.units_used_this_month(tenant=tenant, operation=operation, now=now)
+    used = billing.month_units(
+        operation=operation,
+        ledger_units=selectors.units_used_this_month(tenant=tenant, operation=operation, now=now),
+        month_start=month.start,
+    )
     if used + units <= included:
         return
-    resets_at = calendar_month(now).end
+    resets_at = month.end
     raise QuotaExceeded(
         f"The monthly quota of {included} {Operation(operation).label.lower()} units of plan {plan.name!r} "
         f"is used up ({used} used); it resets at {resets_at.isoformat()}.",

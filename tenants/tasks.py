@@ -1,5 +1,7 @@
 """Celery beat tasks of metering and billing. Each is safe to run twice."""
 
+from datetime import UTC, date
+
 from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
@@ -17,10 +19,19 @@ def snapshot_stored_faces() -> int:
 
 
 @shared_task(name="maintenance.aggregate_usage")
-def aggregate_usage() -> int:
-    """Beat task: refresh the DailyUsage aggregates of today and yesterday."""
+def aggregate_usage(*, since: str | None = None) -> int:
+    """Beat task: refresh the DailyUsage aggregates of today and yesterday.
+
+    With `since` (YYYY-MM-DD) it rebuilds every day from then to today instead, for an operator repairing
+    the cache: `celery -A infra call maintenance.aggregate_usage --kwargs '{"since": "2026-01-01"}'`.
+    """
+    now = timezone.now()
     with operator_transaction():
-        return billing_services.aggregate_recent_usage(now=timezone.now())
+        if since is None:
+            return billing_services.aggregate_recent_usage(now=now)
+        return billing_services.rebuild_usage_aggregates(
+            first_day=date.fromisoformat(since), last_day=now.astimezone(UTC).date()
+        )
 
 
 @shared_task(name="maintenance.finalize_invoices")
