@@ -20,10 +20,19 @@ from django.utils import timezone
 from identity import search, selectors
 from identity.face_pipeline import get_face_pipeline, pipeline_for_model_version
 from identity.matching import Candidate, default_threshold, rank_subjects
-from identity.models import Face, FaceTemplate, Gallery, Job, PendingObjectDeletion, Subject
+from identity.models import (
+    Face,
+    FaceTemplate,
+    Gallery,
+    IdempotentRequest,
+    Job,
+    PendingObjectDeletion,
+    Subject,
+)
 from identity.problems import (
     FaceNotUsable,
     GalleryModelMismatch,
+    IdempotencyKeyReused,
     InvalidImage,
     SubjectExternalIdConflict,
 )
@@ -172,6 +181,64 @@ def _schedule_image_deletion(*, tenant, faces) -> None:
         transaction.on_commit(lambda: purge_deleted_images.delay(tenant_id=tenant_id))
 
 
+# --- Idempotency ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """Who asked for a billable call: the client's `Idempotency-Key` (empty when it sent none), the request
+    id, and a fingerprint of what was asked (method, path, options, image bytes)."""
+
+    idempotency_key: str
+    request_id: str
+    fingerprint: str
+
+    @property
+    def usage_key(self) -> str:
+        """What meters the call once: the client's key, so that its retries are billed once, else the
+        request id."""
+        if self.idempotency_key:
+            return f"idempotency:{self.idempotency_key}"
+        return f"request:{self.request_id}"
+
+
+def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> IdempotentRequest | None:
+    """Record the request's Idempotency-Key; None when this request is its first use, else the record of the
+    earlier request with that key. A key first used for a different request is refused (422), before anything
+    is done or billed. Run it inside the tenant's transaction: a concurrent request with the same key waits
+    on the unique index until this transaction ends."""
+    try:
+        with transaction.atomic():
+            IdempotentRequest.objects.create(
+                tenant=tenant,
+                key=client_request.idempotency_key,
+                fingerprint=client_request.fingerprint,
+                status_code=200,
+                body={},
+            )
+        return None
+    except IntegrityError:
+        earlier = IdempotentRequest.objects.get(tenant=tenant, key=client_request.idempotency_key)
+    if earlier.fingerprint != client_request.fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was first used with a different request; use a new key."
+        )
+    return earlier
+
+
+def _meter_call(*, tenant, api_key, operation: str, client_request: ClientRequest) -> None:
+    """Bill a successful recognition call once per client request. Inside the tenant's transaction."""
+    if client_request.idempotency_key:
+        claim_idempotency_key(tenant=tenant, client_request=client_request)
+    record_usage(
+        tenant=tenant,
+        api_key=api_key,
+        operation=operation,
+        units=1,
+        idempotency_key=client_request.usage_key,
+    )
+
+
 # --- Enrollment ------------------------------------------------------------------------------------------
 
 
@@ -189,8 +256,14 @@ def validate_image(*, image_bytes: bytes) -> None:
 
 @transaction.atomic
 def request_face_enrollment(
-    *, tenant, api_key, subject: Subject, image_bytes: bytes, largest: bool, request_id: str
+    *, tenant, api_key, subject: Subject, image_bytes: bytes, largest: bool, client_request: ClientRequest
 ) -> Job:
+    """Queue the enrollment of the face in `image_bytes`; a retry with the same Idempotency-Key gets the job
+    of its first request and creates nothing."""
+    if client_request.idempotency_key:
+        earlier = claim_idempotency_key(tenant=tenant, client_request=client_request)
+        if earlier is not None:
+            return selectors.job_get(tenant=tenant, job_id=earlier.body["job_id"])
     validate_image(image_bytes=image_bytes)
     check_quota(tenant=tenant, operation="enroll")
     gallery_faces, tenant_faces = selectors.face_counts(tenant=tenant, gallery=subject.gallery)
@@ -202,13 +275,21 @@ def request_face_enrollment(
         subject=subject,
         options={"largest": largest},
         input_image=image_bytes,
-        request_id=request_id,
+        request_id=client_request.request_id,
     )
+    if client_request.idempotency_key:
+        IdempotentRequest.objects.filter(tenant=tenant, key=client_request.idempotency_key).update(
+            status_code=202, body={"job_id": str(job.id)}
+        )
+    _dispatch_enrollment(job)
+    return job
+
+
+def _dispatch_enrollment(job: Job) -> None:
     from identity.tasks import enroll_face
 
-    job_id, tenant_id = str(job.id), str(tenant.id)
+    job_id, tenant_id = str(job.id), str(job.tenant_id)
     transaction.on_commit(lambda: enroll_face.delay(job_id=job_id, tenant_id=tenant_id))
-    return job
 
 
 @dataclass(frozen=True)
@@ -486,7 +567,7 @@ def identify(
     top_k: int,
     threshold: float | None,
     max_faces: int,
-    usage_key: str,
+    client_request: ClientRequest,
 ) -> Identification:
     _require_quota(tenant=tenant, operation="identify")
     started = time.perf_counter()
@@ -514,13 +595,7 @@ def identify(
             identified.append(IdentifiedFace(face=face, match=match, candidates=candidates))
         subject_ids = [candidate.subject_id for item in identified for candidate in item.candidates]
         subjects = selectors.subjects_by_id(tenant=tenant, subject_ids=subject_ids)
-        record_usage(
-            tenant=tenant,
-            api_key=api_key,
-            operation="identify",
-            units=1,
-            idempotency_key=usage_key,
-        )
+        _meter_call(tenant=tenant, api_key=api_key, operation="identify", client_request=client_request)
     search_ms = (time.perf_counter() - search_started) * 1000
     return Identification(
         faces=identified,
@@ -566,7 +641,7 @@ def verify(
     image2_bytes: bytes | None,
     subject: Subject | None,
     threshold: float | None,
-    usage_key: str,
+    client_request: ClientRequest,
 ) -> Verification:
     _require_quota(tenant=tenant, operation="verify")
     pipeline = _gallery_pipeline(subject.gallery) if subject is not None else get_face_pipeline()
@@ -605,13 +680,7 @@ def verify(
         else _tenant_threshold(tenant, model_version, operation="verify", probe_masked=probe_masked)
     )
     with tenant_transaction(tenant.id):
-        record_usage(
-            tenant=tenant,
-            api_key=api_key,
-            operation="verify",
-            units=1,
-            idempotency_key=usage_key,
-        )
+        _meter_call(tenant=tenant, api_key=api_key, operation="verify", client_request=client_request)
     return Verification(
         match=candidate.similarity >= threshold,
         similarity=candidate.similarity,
@@ -621,17 +690,13 @@ def verify(
     )
 
 
-def detect(*, tenant, api_key, image_bytes: bytes, max_faces: int, usage_key: str) -> ImageAnalysis:
+def detect(
+    *, tenant, api_key, image_bytes: bytes, max_faces: int, client_request: ClientRequest
+) -> ImageAnalysis:
     _require_quota(tenant=tenant, operation="detect")
     analysis = _analyze(get_face_pipeline(), image_bytes, max_faces=max_faces)
     with tenant_transaction(tenant.id):
-        record_usage(
-            tenant=tenant,
-            api_key=api_key,
-            operation="detect",
-            units=1,
-            idempotency_key=usage_key,
-        )
+        _meter_call(tenant=tenant, api_key=api_key, operation="detect", client_request=client_request)
     return analysis
 
 

@@ -3,18 +3,19 @@
 import base64
 import binascii
 import hashlib
+import json
 import time
 
-from django.db import IntegrityError, transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from identity import selectors, services
-from identity.models import IdempotentRequest, Job
+from identity.models import Job
 from identity.pagination import paginate
-from identity.problems import IdempotencyKeyReused, MissingImage
+from identity.problems import MissingImage
 from identity.serializers import (
     DetectOptionsSerializer,
     EnrollOptionsSerializer,
@@ -35,6 +36,7 @@ from identity.serializers import (
 from tenants.views import TenantAPIView
 
 JOB_POLL_INTERVAL_SECONDS = 0.1
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
 def _validated(serializer_class, data) -> dict:
@@ -81,11 +83,23 @@ def _options(request) -> dict:
     return {**body, **request.query_params.dict()}
 
 
-def _usage_key(request) -> str:
-    """What meters a recognition call once: the client's Idempotency-Key when it sends one (so a retried
-    call is not billed twice), else the request id."""
-    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:200]
-    return f"idempotency:{idempotency_key}" if idempotency_key else f"request:{request._request.request_id}"
+def _client_request(request, *, options: dict, images: tuple[bytes | None, ...]) -> services.ClientRequest:
+    """The request's Idempotency-Key and request id, and a fingerprint of what it asks: method, path, the
+    options that change the answer, and the image bytes."""
+    digest = hashlib.sha256(f"{request.method} {request.path}".encode())
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    for image in images:
+        digest.update(b"\x00" if image is None else hashlib.sha256(image).digest())
+    idempotency_key = request.headers.get("Idempotency-Key", "").strip()
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValidationError(
+            {"Idempotency-Key": [f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters; a UUID is a good key."]}
+        )
+    return services.ClientRequest(
+        idempotency_key=idempotency_key,
+        request_id=request._request.request_id,
+        fingerprint=digest.hexdigest(),
+    )
 
 
 def _server_timing(stage_ms: dict[str, float]) -> str:
@@ -214,57 +228,20 @@ class SubjectFacesView(TenantAPIView):
     def post(self, request, subject_id):
         options = _validated(EnrollOptionsSerializer, _options(request))
         image = _required_image(request)
-        idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:255]
-        fingerprint = hashlib.sha256(
-            f"POST {request.path} largest={options['largest']}".encode() + image
-        ).hexdigest()
+        client_request = _client_request(request, options={"largest": options["largest"]}, images=(image,))
         with self.tenant_transaction():
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
-            job = self._enqueue_once(
+            job = services.request_face_enrollment(
+                tenant=self.tenant,
+                api_key=self.api_key,
                 subject=subject,
-                image=image,
+                image_bytes=image,
                 largest=options["largest"],
-                idempotency_key=idempotency_key,
-                fingerprint=fingerprint,
+                client_request=client_request,
             )
         if options["wait"]:
             job = self._wait_for(job, timeout=options["timeout"])
         return self._answer(job)
-
-    def _enqueue_once(
-        self, *, subject, image: bytes, largest: bool, idempotency_key: str, fingerprint: str
-    ) -> Job:
-        """Create the enrollment job, or return the one created by an earlier request with the same key."""
-        if idempotency_key:
-            try:
-                with transaction.atomic():
-                    IdempotentRequest.objects.create(
-                        tenant=self.tenant,
-                        key=idempotency_key,
-                        fingerprint=fingerprint,
-                        status_code=202,
-                        body={},
-                    )
-            except IntegrityError:
-                earlier = IdempotentRequest.objects.get(tenant=self.tenant, key=idempotency_key)
-                if earlier.fingerprint != fingerprint:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was first used with a different request; use a new key."
-                    ) from None
-                return selectors.job_get(tenant=self.tenant, job_id=earlier.body["job_id"])
-        job = services.request_face_enrollment(
-            tenant=self.tenant,
-            api_key=self.api_key,
-            subject=subject,
-            image_bytes=image,
-            largest=largest,
-            request_id=self.request._request.request_id,
-        )
-        if idempotency_key:
-            IdempotentRequest.objects.filter(tenant=self.tenant, key=idempotency_key).update(
-                body={"job_id": str(job.id)}
-            )
-        return job
 
     def _wait_for(self, job: Job, *, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
@@ -339,7 +316,7 @@ class IdentifyView(TenantAPIView):
             api_key=self.api_key,
             gallery=gallery,
             image_bytes=image,
-            usage_key=_usage_key(request),
+            client_request=_client_request(request, options=options, images=(image,)),
             **options,
         )
         return Response(
@@ -384,8 +361,6 @@ class VerifyView(TenantAPIView):
         image = _required_image(request)
         image2 = _image_from(request, "image2")
         if (image2 is None) == (options["subject_id"] is None):
-            from rest_framework.exceptions import ValidationError
-
             raise ValidationError({"image2": ["Send exactly one of `image2` and `subject_id`."]})
         with self.tenant_transaction():
             subject = (
@@ -400,7 +375,7 @@ class VerifyView(TenantAPIView):
             image2_bytes=image2,
             subject=subject,
             threshold=options["threshold"],
-            usage_key=_usage_key(request),
+            client_request=_client_request(request, options=options, images=(image, image2)),
         )
         return Response(
             {
@@ -435,7 +410,7 @@ class DetectView(TenantAPIView):
             tenant=self.tenant,
             api_key=self.api_key,
             image_bytes=image,
-            usage_key=_usage_key(request),
+            client_request=_client_request(request, options=options, images=(image,)),
             **options,
         )
         return Response(

@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from tenants import billing
 from tenants.models import ApiKey, Operation, Tenant, UsageRecord
 from tenants.periods import calendar_month
 
@@ -31,11 +32,12 @@ def tenant_by_slug_or_id(*, slug_or_id: str) -> Tenant:
 
 
 def units_used_this_month(*, tenant: Tenant, operation: str, now: datetime | None = None) -> int:
+    """This month's units of `operation` in the plan's unit (face-months for stored faces)."""
     month = calendar_month(now or timezone.now())
     used = UsageRecord.objects.filter(
         tenant=tenant, operation=operation, created_at__gte=month.start, created_at__lt=month.end
     ).aggregate(units=Sum("units"))["units"]
-    return used or 0
+    return billing.month_units(operation=operation, ledger_units=used or 0, month_start=month.start)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class QuotaUsage:
 
 
 def quota_usage_this_month(*, tenant: Tenant, now: datetime | None = None) -> dict[str, QuotaUsage]:
-    """Units used this month against the plan's included units, for every operation."""
+    """Units used this month against the plan's included units, for every operation, in the plan's units."""
     month = calendar_month(now or timezone.now())
     used = dict(
         UsageRecord.objects.filter(tenant=tenant, created_at__gte=month.start, created_at__lt=month.end)
@@ -54,7 +56,12 @@ def quota_usage_this_month(*, tenant: Tenant, now: datetime | None = None) -> di
         .values_list("operation", "units")
     )
     return {
-        operation: QuotaUsage(used=used.get(operation, 0), included=tenant.plan.included_units(operation))
+        operation: QuotaUsage(
+            used=billing.month_units(
+                operation=operation, ledger_units=used.get(operation, 0), month_start=month.start
+            ),
+            included=tenant.plan.included_units(operation),
+        )
         for operation in Operation.values
     }
 
@@ -64,7 +71,7 @@ def _usage_field(operation: str) -> str:
 
 
 def tenants_with_usage_this_month(*, now: datetime | None = None) -> QuerySet[Tenant]:
-    """Every tenant with `usage_<operation>` annotations for this month. Operator path only."""
+    """Every tenant with `usage_<operation>` annotations (ledger units) for this month. Operator path only."""
     month = calendar_month(now or timezone.now())
     this_month = Q(usage_records__created_at__gte=month.start, usage_records__created_at__lt=month.end)
     return Tenant.objects.select_related("plan").annotate(
@@ -77,9 +84,18 @@ def tenants_with_usage_this_month(*, now: datetime | None = None) -> QuerySet[Te
     )
 
 
-def usage_annotations(tenant: Tenant) -> dict[str, int]:
-    """The units per operation of a tenant from `tenants_with_usage_this_month`, zero where none."""
-    return {operation: getattr(tenant, _usage_field(operation)) or 0 for operation in Operation.values}
+def usage_annotations(tenant: Tenant, *, now: datetime | None = None) -> dict[str, int]:
+    """This month's units per operation of a tenant from `tenants_with_usage_this_month`, in the plan's
+    units (face-months for stored faces, as its quota and invoice count them), zero where none."""
+    month_start = calendar_month(now or timezone.now()).start
+    return {
+        operation: billing.month_units(
+            operation=operation,
+            ledger_units=getattr(tenant, _usage_field(operation)) or 0,
+            month_start=month_start,
+        )
+        for operation in Operation.values
+    }
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 
 from infra.request_id import current_request_id
-from tenants import api_keys, billing, selectors
+from tenants import api_keys, selectors
 from tenants.actors import as_actor
 from tenants.models import ApiKey, AuditEvent, Operation, Plan, Scope, Tenant, UsageRecord
 from tenants.periods import calendar_month
@@ -329,11 +329,7 @@ def check_quota(*, tenant: Tenant, operation: str, units: int = 1, now: datetime
     now = now or timezone.now()
     month = calendar_month(now)
     included = plan.included_units(operation)
-    used = billing.month_units(
-        operation=operation,
-        ledger_units=selectors.units_used_this_month(tenant=tenant, operation=operation, now=now),
-        month_start=month.start,
-    )
+    used = selectors.units_used_this_month(tenant=tenant, operation=operation, now=now)
     if used + units <= included:
         return
     resets_at = month.end

@@ -162,6 +162,59 @@ def test_a_retried_identify_with_the_same_idempotency_key_is_metered_once(tenant
         assert UsageRecord.objects.filter(operation="identify").count() == 1
 
 
+@pytest.mark.parametrize(
+    ("route", "first", "second"),
+    [
+        ("identify", {"image": 21}, {"image": 22}),
+        ("verify", {"image": 31, "image2": 31}, {"image": 31, "image2": 32}),
+        ("detect", {"image": 41}, {"image": 42}),
+    ],
+)
+def test_an_idempotency_key_reused_for_a_different_request_is_refused_and_not_billed(
+    tenant_api, enrolled, route, first, second
+):
+    gallery, _ = enrolled
+    path = f"/v1/galleries/{gallery['id']}/identify" if route == "identify" else f"/v1/{route}"
+    operation = "identify" if route == "identify" else route
+
+    def send(images: dict, key: str = "turnstile-7-frame-1"):
+        form = {field: upload_file(person_image(seed)) for field, seed in images.items()}
+        return tenant_api.post(path, form, headers={"Idempotency-Key": key})
+
+    assert send(first).status_code == 200
+    refused = send(second)
+    assert send(first).status_code == 200  # the genuine retry still answers
+
+    assert refused.status_code == 422
+    assert refused["Content-Type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/idempotency-key-reused")
+    with tenant_transaction(tenant_api.tenant.id):
+        assert UsageRecord.objects.filter(operation=operation).count() == 1
+
+
+def test_an_identify_whose_first_attempt_was_rejected_may_be_retried_with_the_same_key(tenant_api, enrolled):
+    gallery, _ = enrolled
+    path = f"/v1/galleries/{gallery['id']}/identify"
+    headers = {"Idempotency-Key": "kiosk-2-frame-9"}
+
+    rejected = tenant_api.post(path, {"image": upload_file(b"not an image")}, headers=headers)
+    corrected = tenant_api.post(path, {"image": upload_file(person_image(21))}, headers=headers)
+
+    assert rejected.status_code in (400, 415, 422)
+    assert corrected.status_code == 200
+    with tenant_transaction(tenant_api.tenant.id):
+        assert UsageRecord.objects.filter(operation="identify").count() == 1
+
+
+def test_an_overlong_idempotency_key_is_a_validation_error(tenant_api):
+    response = tenant_api.post(
+        "/v1/detect", {"image": upload_file(person_image(41))}, headers={"Idempotency-Key": "k" * 201}
+    )
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["errors"]
+
+
 def test_verify_two_images_of_the_same_person(tenant_api):
     response = tenant_api.post(
         "/v1/verify", {"image": upload_file(person_image(31)), "image2": upload_file(person_image(31))}

@@ -2,6 +2,10 @@ import re
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+
+from tenants.billing import days_in_month
+from tenants.periods import calendar_month
 
 from tenants.rls import tenant_transaction
 from tenants.services import record_usage
@@ -45,6 +49,26 @@ def test_get_tenant_describes_the_callers_tenant_plan_settings_usage_and_key():
     assert body["api_key"]["name"] == "front desk"
     assert body["api_key"]["scopes"] == ["read", "identify"]
     assert raw_key.startswith(body["api_key"]["prefix"] + "_")
+
+
+@pytest.mark.django_db
+def test_get_tenant_reports_stored_faces_in_face_months_as_the_plan_counts_them():
+    tenant, raw_key = make_api_key(tenant=make_tenant(plan=make_plan(included_stored_face_months=10)))
+    this_month = calendar_month(timezone.now()).start
+    # Three faces stored every day of the month so far and of the days still to come: 3 face-months.
+    face_days = 3 * days_in_month(this_month)
+    with tenant_transaction(tenant.id):
+        record_usage(
+            tenant=tenant,
+            api_key=None,
+            operation="stored_face_months",
+            units=face_days,
+            idempotency_key="snapshot:all-month",
+        )
+
+    body = api_client_for(raw_key).get("/v1/tenant").json()
+
+    assert body["usage_this_month"]["stored_face_months"] == {"used": 3, "included": 10}
 
 
 @pytest.mark.django_db
