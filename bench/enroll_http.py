@@ -166,6 +166,7 @@ def main() -> None:
         "bench": "enroll_http",
         "images": len(jobs),
         "image": "640x480 JPEG q90, one LFW-a face (250x250) on grey",
+        "model": gallery["model_version"],
         "succeeded": sum(state["status"] == "succeeded" for state in states),
         "failed": failures,
         "queue_all_seconds": round(queued_s, 1),

@@ -259,8 +259,6 @@ def main() -> None:
         }
         print(f"concurrency {concurrency}: {json.dumps(phases[f'c{concurrency}'])}", flush=True)
 
-    from identity.face_pipeline import get_face_pipeline
-
     result = {
         "bench": "identify_http",
         "templates": templates,
@@ -269,7 +267,7 @@ def main() -> None:
         "requests": args.requests,
         "probes": {kind: sum(p[0] == kind for p in probes) for kind in sorted({p[0] for p in probes})},
         "image": "640x480 JPEG q90, one LFW-a face (250x250) on grey",
-        "model": get_face_pipeline().model_version,
+        "model": gallery["model_version"],
         "seed_seconds": round(seed_seconds, 1),
         "index_build_seconds": round(index_seconds, 1) if index_seconds is not None else None,
         "hnsw": {

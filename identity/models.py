@@ -7,6 +7,7 @@ migrations), on top of the explicit tenant scoping in selectors and services.
 import uuid
 
 from django.db import models
+from django.utils import timezone
 from pgvector.django import VectorField
 
 EMBEDDING_DIMENSIONS = 128
@@ -132,11 +133,20 @@ class Job(models.Model):
     request_id = models.CharField(max_length=128, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When its task was last sent to the broker: a job unfinished long after is sent again.
+    dispatched_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True)
     finished_at = models.DateTimeField(null=True)
 
     class Meta:
-        indexes = [models.Index(fields=["tenant", "status", "created_at"])]
+        indexes = [
+            models.Index(fields=["tenant", "status", "created_at"]),
+            models.Index(
+                fields=["dispatched_at"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="identity_job_unfinished",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} job {self.id} ({self.status})"

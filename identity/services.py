@@ -37,13 +37,15 @@ from identity.problems import (
     SubjectExternalIdConflict,
 )
 from identity.serializers import face_geometry, face_representation
-from tenants.rls import tenant_transaction
+from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 
 MAX_ENROLL_FACES_CONSIDERED = 20
+# Far longer than any enrollment runs or waits in a healthy queue.
+STALLED_JOB_AFTER = timedelta(minutes=10)
 
 
 # --- Galleries and subjects -------------------------------------------------------------------------------
@@ -385,6 +387,27 @@ def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
         face=None,
         error={"reason": "INTERNAL_ERROR", "detail": "Enrollment failed after retries: " + detail},
     )
+
+
+def redispatch_stalled_jobs(*, stalled_for: timedelta = STALLED_JOB_AFTER) -> int:
+    """Send again the task of every job still queued or running `stalled_for` after it was last sent; returns
+    how many. A worker killed mid-task can take its message with it (kombu's SQLAlchemy transport never
+    redelivers it, Redis only after its visibility timeout), and the job would wait forever. Processing is
+    idempotent, so a job whose message was only slow runs once and its duplicate finds it finished."""
+    now = timezone.now()
+    with operator_transaction():
+        stalled = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(
+                status__in=[Job.Status.QUEUED, Job.Status.RUNNING], dispatched_at__lt=now - stalled_for
+            )
+            .order_by("dispatched_at")
+        )
+        for job in stalled:
+            job.dispatched_at = now
+            job.save(update_fields=["dispatched_at"])
+            _dispatch_enrollment(job)
+    return len(stalled)
 
 
 def _choose_enrollment_face(

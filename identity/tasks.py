@@ -1,5 +1,7 @@
 """Celery tasks of the identity API. Each takes ids as keyword arguments and is safe to run twice."""
 
+from datetime import timedelta
+
 from celery import Task, shared_task
 from django.db import connection
 
@@ -25,6 +27,14 @@ def enroll_face(self, *, job_id: str, tenant_id: str) -> str:
     except Exception as error:
         # Rejections end the job; an exception here is infrastructure (database, S3) and worth a retry.
         raise self.retry(exc=error, countdown=2**self.request.retries) from error
+
+
+@shared_task(name="maintenance.redispatch_stalled_jobs")
+def redispatch_stalled_jobs(*, stalled_after_seconds: float | None = None) -> int:
+    """Beat task: jobs whose message was lost with a killed worker are sent again."""
+    if stalled_after_seconds is None:
+        return services.redispatch_stalled_jobs()
+    return services.redispatch_stalled_jobs(stalled_for=timedelta(seconds=stalled_after_seconds))
 
 
 @shared_task(name="maintenance.purge_deleted_images", bind=True, max_retries=10)

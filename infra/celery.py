@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
 from kombu import Exchange, Queue
 from kombu.transport import sqlalchemy as sqlalchemy_transport
 
@@ -31,6 +31,7 @@ app.conf.task_routes = {
 }
 app.autodiscover_tasks(["workers", "identity", "tenants"])
 app.conf.beat_schedule = {
+    "redispatch-stalled-jobs": {"task": "maintenance.redispatch_stalled_jobs", "schedule": 60},
     "sweep-pending-image-deletions": {
         "task": "maintenance.sweep_pending_image_deletions",
         "schedule": 15 * 60,
@@ -41,6 +42,15 @@ app.conf.beat_schedule = {
     # Hourly: the month's invoices are final within an hour of its close, and a missed run catches up.
     "finalize-invoices": {"task": "maintenance.finalize_invoices", "schedule": 3600},
 }
+
+
+@worker_process_init.connect
+def _drop_inherited_broker_connections(**_):
+    """kombu's SQLAlchemy transport caches its engines on a class, so a forked pool process inherits the
+    parent's pooled broker connections; two processes speaking on one socket corrupt both sessions.
+    Disposing without closing leaves the parent's connections to the parent."""
+    for engine, _session_factory in sqlalchemy_transport.Channel._engines.values():
+        engine.dispose(close=False)
 
 
 @before_task_publish.connect

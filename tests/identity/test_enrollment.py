@@ -1,9 +1,12 @@
 import base64
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.utils import timezone
 
+from identity import services
 from identity.models import Face, FaceTemplate, Job
 from tenants.rls import operator_transaction
 from tests.face_images import CartoonPerson, draw_face, encode, face_photo, person_image
@@ -204,3 +207,40 @@ def test_faces_of_a_subject_are_listed(tenant_api, subject):
     listed = tenant_api.get(f"/v1/subjects/{subject['id']}/faces").json()["data"]
 
     assert [face["id"] for face in listed] == enrolled
+
+
+def _unfinished_job(tenant_api, subject, *, dispatched_minutes_ago: float) -> Job:
+    """A queued enrollment job whose task message never reached a worker (lost with a killed one)."""
+    with operator_transaction():
+        return Job.objects.create(
+            tenant=tenant_api.tenant,
+            kind=Job.Kind.ENROLL_FACE,
+            subject_id=subject["id"],
+            input_image=person_image(9),
+            dispatched_at=timezone.now() - timedelta(minutes=dispatched_minutes_ago),
+        )
+
+
+def test_a_job_whose_task_was_lost_is_sent_again_and_completes(tenant_api, subject):
+    lost = _unfinished_job(tenant_api, subject, dispatched_minutes_ago=30)
+    recent = _unfinished_job(tenant_api, subject, dispatched_minutes_ago=1)
+
+    assert services.redispatch_stalled_jobs() == 1
+
+    deadline = time.monotonic() + 60
+    while (job := _job(lost.id)).status in (Job.Status.QUEUED, Job.Status.RUNNING):
+        assert time.monotonic() < deadline, "the re-sent job did not finish"
+        time.sleep(0.2)
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.dispatched_at > lost.dispatched_at
+    # A job sent a minute ago is waiting in the queue, not lost: it is left alone.
+    assert (_job(recent.id).status, _job(recent.id).dispatched_at) == (
+        Job.Status.QUEUED,
+        recent.dispatched_at,
+    )
+    assert services.redispatch_stalled_jobs() == 0
+
+
+def _job(job_id) -> Job:
+    with operator_transaction():
+        return Job.objects.get(id=job_id)

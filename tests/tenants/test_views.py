@@ -6,7 +6,6 @@ from django.utils import timezone
 
 from tenants.billing import days_in_month
 from tenants.periods import calendar_month
-
 from tenants.rls import tenant_transaction
 from tenants.services import record_usage
 from tests.tenants.factories import api_client_for, make_api_key, make_plan, make_tenant
