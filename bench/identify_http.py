@@ -185,13 +185,8 @@ def main() -> None:
 
     with tenant_transaction(tenant.id):
         gallery_row = Gallery.objects.get(id=gallery["id"])
-    plans = {
-        f"enable_sort_{'off' if force else 'on'}": _plan(
-            tenant, gallery_row, data.embeddings[0], search.MIN_TEMPLATES_FETCHED, force_index=force
-        )
-        for force in (False, True)
-    }
-    print(f"search plans: {plans}", flush=True)
+    plan = _plan(tenant, gallery_row, data.embeddings[0], search.MIN_TEMPLATES_FETCHED)
+    print(f"search plan: {plan}", flush=True)
     local = threading.local()
 
     def identify(probe: tuple[str, bytes, str]) -> dict:
@@ -276,7 +271,7 @@ def main() -> None:
             "ef_search": search.HNSW_EF_SEARCH,
         },
         "base_url": args.base_url,
-        "search_plans": plans,
+        "search_plan": plan,
         "quiet_wait": quiet,
         **phases,
         **environment(),

@@ -172,25 +172,19 @@ def _ensure_index(args, tenant, gallery) -> float | None:
     return seconds
 
 
-def _plan(tenant, gallery, probe, limit: int, force_index: bool) -> str:
-    """The scans PostgreSQL picks for nearest_templates' query (the same SQL, EXPLAINed)."""
+def _plan(tenant, gallery, probe, limit: int) -> str:
+    """The scans PostgreSQL picks for identify's search (search.nearest_templates, EXPLAINed)."""
     from identity import search
     from tenants.rls import tenant_transaction
 
-    with tenant_transaction(tenant.id), connection_cursor() as cursor:
-        if force_index:
-            cursor.execute("SELECT set_config('enable_sort', 'off', true)")
-        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        cursor.execute(
-            f"EXPLAIN SELECT subject_id FROM {search._TABLE} WHERE gallery_id = '{gallery.id}' "
-            "AND tenant_id = %s AND model_version = %s ORDER BY embedding <=> %s::vector LIMIT %s",
-            [tenant.id, gallery.model_version, search._vector_literal(probe), limit],
+    with tenant_transaction(tenant.id):
+        lines = search.nearest_templates_plan(
+            tenant_id=tenant.id, gallery=gallery, embedding=probe, limit=limit
         )
-        lines = [row[0] for row in cursor.fetchall()]
-    return "; ".join(line.strip().split("  (")[0] for line in lines if "Scan" in line)
+    return "; ".join(line.split("  (")[0] for line in lines)
 
 
-def _run_probes(tenant, gallery, probes, limit: int, force_index: bool):
+def _run_probes(tenant, gallery, probes, limit: int):
     """(latency ms, the first 10 similarities) per probe, through search.nearest_templates."""
     from identity import search
     from tenants.rls import tenant_transaction
@@ -199,9 +193,6 @@ def _run_probes(tenant, gallery, probes, limit: int, force_index: bool):
     for probe in probes:
         began = time.perf_counter()
         with tenant_transaction(tenant.id):
-            if force_index:
-                with connection_cursor() as cursor:
-                    cursor.execute("SELECT set_config('enable_sort', 'off', true)")
             hits = search.nearest_templates(
                 tenant_id=tenant.id, gallery=gallery, embedding=probe, limit=limit
             )
@@ -228,11 +219,6 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="templates fetched (default: identify's)")
     parser.add_argument("--m", type=int, default=None, help="experiment: build with this HNSW m")
     parser.add_argument("--ef-construction", type=int, default=None, help="experiment: build ef_construction")
-    parser.add_argument(
-        "--force-index",
-        action="store_true",
-        help="experiment: enable_sort = off while searching (no exact-sort plan)",
-    )
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     _setup_django()
@@ -275,10 +261,10 @@ def main() -> None:
         quiet = None
         if not args.recall_only:
             quiet = wait_for_quiet()
-            _run_probes(tenant, gallery, warmup, limit, args.force_index)
+            _run_probes(tenant, gallery, warmup, limit)
         load_start = load_average()
         began = time.perf_counter()
-        latencies, similarities = _run_probes(tenant, gallery, probes, limit, args.force_index)
+        latencies, similarities = _run_probes(tenant, gallery, probes, limit)
         wall = time.perf_counter() - began
         load_end = load_average()
         pairs = list(zip(similarities, exact, strict=True))
@@ -311,8 +297,7 @@ def main() -> None:
             "seed_seconds": round(seed_seconds, 1) if seed_seconds is not None else None,
             "index_build_seconds": round(index_seconds, 1) if index_seconds is not None else None,
             **facts,
-            "plan": _plan(tenant, gallery, probes[0], limit, args.force_index),
-            "force_index": args.force_index,
+            "plan": _plan(tenant, gallery, probes[0], limit),
             "timed": not args.recall_only,
             "p50_ms": round(statistics.median(latencies), 2),
             "p95_ms": round(percentile(latencies, 0.95), 2),

@@ -5,10 +5,12 @@ wrong lists (the filter runs after the approximate scan). So small galleries are
 sequential scan of the gallery's rows through its b-tree index), and a gallery that grows past
 `ANN_MIN_TEMPLATES` gets its own partial HNSW index (`WHERE gallery_id = '<id>'`), searched with iterative
 scans so that any remaining filter (model version during a re-embed) cannot shorten the list.
-Recall against exact search is measured by bench/search_recall.py.
+Recall against exact search is measured by bench/search.py (docs/performance.md).
 """
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +66,42 @@ def nearest_templates(
     Runs inside the caller's tenant transaction; the explicit tenant filter duplicates what row-level
     security enforces, so that a policy mistake can never widen a search.
     """
+    sql, params = _nearest_query(tenant_id, gallery, embedding, limit, subject_id)
+    with (
+        transaction.atomic(),
+        connection.cursor() as cursor,
+        _search_settings(cursor, gallery=gallery, limit=limit, subject_id=subject_id),
+    ):
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    hits = [
+        TemplateHit(subject_id=row[0], face_id=row[1], kind=row[2], similarity=float(row[3])) for row in rows
+    ]
+    # relaxed_order may return neighbours slightly out of order.
+    hits.sort(key=lambda hit: hit.similarity, reverse=True)
+    return hits
+
+
+def nearest_templates_plan(
+    *,
+    tenant_id: uuid.UUID,
+    gallery: Gallery,
+    embedding: np.ndarray,
+    limit: int,
+    subject_id: uuid.UUID | None = None,
+) -> list[str]:
+    """The scans PostgreSQL chooses for `nearest_templates` with the same arguments (EXPLAIN lines)."""
+    sql, params = _nearest_query(tenant_id, gallery, embedding, limit, subject_id)
+    with (
+        transaction.atomic(),
+        connection.cursor() as cursor,
+        _search_settings(cursor, gallery=gallery, limit=limit, subject_id=subject_id),
+    ):
+        cursor.execute("EXPLAIN " + sql, params)
+        return [row[0].strip() for row in cursor.fetchall() if "Scan" in row[0]]
+
+
+def _nearest_query(tenant_id, gallery: Gallery, embedding: np.ndarray, limit: int, subject_id) -> tuple:
     # The gallery id is inlined (it is a UUID, never user text) so the planner can match the partial index.
     gallery_literal = str(uuid.UUID(str(gallery.id)))
     subject_filter = "AND subject_id = %(subject_id)s" if subject_id else ""
@@ -82,18 +120,26 @@ def nearest_templates(
         "subject_id": subject_id,
         "limit": limit,
     }
-    with transaction.atomic(), connection.cursor() as cursor:
-        # Only the gallery's own partial HNSW index can serve this query; these settings apply to it alone.
-        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(HNSW_EF_SEARCH, 4 * limit))])
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    hits = [
-        TemplateHit(subject_id=row[0], face_id=row[1], kind=row[2], similarity=float(row[3])) for row in rows
-    ]
-    # relaxed_order may return neighbours slightly out of order.
-    hits.sort(key=lambda hit: hit.similarity, reverse=True)
-    return hits
+    return sql, params
+
+
+@contextmanager
+def _search_settings(cursor, *, gallery: Gallery, limit: int, subject_id) -> Iterator[None]:
+    """Planner settings for one search, undone afterwards: they are transaction-local and the caller's
+    transaction goes on."""
+    # Only the gallery's own partial HNSW index can use these two.
+    cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(HNSW_EF_SEARCH, 4 * limit))])
+    # The planner multiplies the selectivities of the gallery, tenant and row-level-security filters as if
+    # they were independent; once other galleries' rows dominate the table it expects a few hundred rows and
+    # sorts the whole gallery exactly (minutes at 1 M templates) instead of walking its index. One subject's
+    # few templates, by contrast, are best found through the b-tree and sorted.
+    use_ann_index = bool(gallery.ann_index_name) and subject_id is None
+    if use_ann_index:
+        cursor.execute("SELECT set_config('enable_sort', 'off', true)")
+    yield
+    if use_ann_index:
+        cursor.execute("SELECT set_config('enable_sort', 'on', true)")
 
 
 def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:

@@ -2,7 +2,8 @@
 
 import uuid
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from identity.models import Face, Gallery, Job, Subject
 from identity.problems import NotFound
@@ -25,13 +26,28 @@ def _get(queryset: QuerySet, object_id, what: str):
     return found
 
 
+def _count_per_gallery(model) -> Coalesce:
+    """The gallery's rows of `model`, counted through its gallery index: a correlated count, because
+    COUNT(DISTINCT) over joins of subjects and faces multiplies them (20,000 subjects x 33,000 faces are
+    6.6e8 rows)."""
+    rows = model.objects.filter(gallery=OuterRef("pk")).order_by().values("gallery")
+    return Coalesce(Subquery(rows.annotate(count=Count("*")).values("count")), 0)
+
+
 def gallery_list(*, tenant) -> QuerySet[Gallery]:
+    """Galleries with their `subject_count` and `face_count`."""
     return Gallery.objects.filter(tenant=tenant).annotate(
-        subject_count=Count("subjects", distinct=True), face_count=Count("faces", distinct=True)
+        subject_count=_count_per_gallery(Subject), face_count=_count_per_gallery(Face)
     )
 
 
 def gallery_get(*, tenant, gallery_id) -> Gallery:
+    """The gallery alone, as identify and the other routes that only need its id and model use it."""
+    return _get(Gallery.objects.filter(tenant=tenant), gallery_id, "gallery")
+
+
+def gallery_with_counts_get(*, tenant, gallery_id) -> Gallery:
+    """The gallery with its `subject_count` and `face_count`, as the gallery routes show it."""
     return _get(gallery_list(tenant=tenant), gallery_id, "gallery")
 
 

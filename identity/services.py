@@ -398,9 +398,7 @@ def redispatch_stalled_jobs(*, stalled_for: timedelta = STALLED_JOB_AFTER) -> in
     with operator_transaction():
         stalled = list(
             Job.objects.select_for_update(skip_locked=True)
-            .filter(
-                status__in=[Job.Status.QUEUED, Job.Status.RUNNING], dispatched_at__lt=now - stalled_for
-            )
+            .filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING], dispatched_at__lt=now - stalled_for)
             .order_by("dispatched_at")
         )
         for job in stalled:

@@ -115,7 +115,7 @@ class GalleryListView(TenantAPIView):
         data = _validated(GalleryCreateSerializer, request.data)
         with self.tenant_transaction():
             gallery = services.create_gallery(tenant=self.tenant, actor=request.user, **data)
-            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery.id)
+            gallery = selectors.gallery_with_counts_get(tenant=self.tenant, gallery_id=gallery.id)
         return Response(gallery_representation(gallery), status=status.HTTP_201_CREATED)
 
     @extend_schema(operation_id="v1_galleries_list", parameters=[PaginationSerializer], responses={200: dict})
@@ -134,7 +134,7 @@ class GalleryDetailView(TenantAPIView):
     @extend_schema(responses={200: dict})
     def get(self, request, gallery_id):
         with self.tenant_transaction():
-            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+            gallery = selectors.gallery_with_counts_get(tenant=self.tenant, gallery_id=gallery_id)
         return Response(gallery_representation(gallery))
 
     @extend_schema(request=GalleryUpdateSerializer, responses={200: dict})
@@ -143,7 +143,7 @@ class GalleryDetailView(TenantAPIView):
         with self.tenant_transaction():
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
             services.update_gallery(tenant=self.tenant, actor=request.user, gallery=gallery, **data)
-            gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
+            gallery = selectors.gallery_with_counts_get(tenant=self.tenant, gallery_id=gallery_id)
         return Response(gallery_representation(gallery))
 
     @extend_schema(responses={204: None})

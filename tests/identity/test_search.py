@@ -1,0 +1,103 @@
+"""Nearest-template search: exact for small galleries, the gallery's own HNSW index for large ones, always
+inside the tenant's rows, with the same answers as exact search."""
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from bench.seed import as_stored, seed_gallery, synthetic_gallery
+from identity import search, selectors, services
+from identity.models import Gallery, Subject
+from tenants.actors import Actor
+from tenants.rls import tenant_transaction
+from tests.tenants.factories import make_tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OPERATOR = Actor.system("tests")
+
+
+def _seeded_gallery(*, templates: int, seed: int):
+    tenant = make_tenant()
+    with tenant_transaction(tenant.id):
+        gallery = services.create_gallery(tenant=tenant, actor=OPERATOR, name=f"seeded-{seed}")
+    data = synthetic_gallery(templates, rng=np.random.default_rng(seed))
+    seed_gallery(tenant=tenant, gallery=gallery, data=data)
+    return tenant, gallery, data
+
+
+@pytest.fixture
+def indexed_beside_a_larger_tenant():
+    """A gallery of 1,500 templates with its HNSW index, in a table where another tenant's gallery holds
+    ten times as many rows (the planner then expects few rows of the small gallery)."""
+    tenant, gallery, data = _seeded_gallery(templates=1_500, seed=1)
+    _seeded_gallery(templates=15_000, seed=2)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {search._TABLE}")
+    name = search.build_ann_index(gallery_id=gallery.id)
+    with tenant_transaction(tenant.id):
+        Gallery.objects.filter(id=gallery.id).update(ann_index_name=name)
+        gallery.refresh_from_db()
+    return tenant, gallery, data
+
+
+def _probes(data, count: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    picked = data.embeddings[rng.choice(len(data.embeddings), count, replace=False)]
+    noisy = picked + rng.normal(scale=0.05, size=picked.shape)
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_an_indexed_gallery_is_searched_through_its_own_hnsw_index(indexed_beside_a_larger_tenant):
+    tenant, gallery, data = indexed_beside_a_larger_tenant
+
+    with tenant_transaction(tenant.id):
+        plan = search.nearest_templates_plan(
+            tenant_id=tenant.id, gallery=gallery, embedding=data.embeddings[0], limit=50
+        )
+
+    assert any(f"Index Scan using {gallery.ann_index_name}" in line for line in plan), plan
+
+
+def test_one_subjects_templates_are_found_through_the_btree_not_the_hnsw_index(
+    indexed_beside_a_larger_tenant,
+):
+    tenant, gallery, data = indexed_beside_a_larger_tenant
+    with tenant_transaction(tenant.id):
+        subject = Subject.objects.filter(gallery=gallery).first()
+        plan = search.nearest_templates_plan(
+            tenant_id=tenant.id,
+            gallery=gallery,
+            embedding=data.embeddings[0],
+            limit=50,
+            subject_id=subject.id,
+        )
+
+    assert not any(gallery.ann_index_name in line for line in plan), plan
+
+
+def test_the_index_returns_what_exact_search_returns_and_only_the_gallerys_rows(
+    indexed_beside_a_larger_tenant,
+):
+    tenant, gallery, data = indexed_beside_a_larger_tenant
+    stored = as_stored(data.embeddings)
+    with tenant_transaction(tenant.id):
+        gallery_subjects = set(Subject.objects.filter(gallery=gallery).values_list("id", flat=True))
+
+    for probe in _probes(data):
+        with tenant_transaction(tenant.id):
+            hits = search.nearest_templates(tenant_id=tenant.id, gallery=gallery, embedding=probe, limit=50)
+
+        exact_top10 = np.sort(stored @ probe)[::-1][:10]
+        assert [hit.similarity for hit in hits[:10]] == pytest.approx(exact_top10.tolist(), abs=1e-5)
+        assert {hit.subject_id for hit in hits} <= gallery_subjects
+        assert len(hits) == 50
+
+
+def test_gallery_counts_are_its_own_subjects_and_faces(indexed_beside_a_larger_tenant):
+    tenant, gallery, data = indexed_beside_a_larger_tenant
+
+    with tenant_transaction(tenant.id):
+        counted = selectors.gallery_with_counts_get(tenant=tenant, gallery_id=gallery.id)
+
+    assert (counted.subject_count, counted.face_count) == (data.subjects, data.faces)
