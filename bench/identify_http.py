@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.search import _setup_django, percentile
 
-BASE_URL = "http://127.0.0.1:8000"  # make run's API; bench/patched_wsgi.py serves the proposed fixes
+BASE_URL = "http://127.0.0.1:8000"  # make run's API
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw_a" / "lfw"
 RESULTS = Path(__file__).parent / "results" / "identify_http.jsonl"
 PROBE_MASK_TYPES = ("KN95", "cloth_coloured")

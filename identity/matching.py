@@ -15,9 +15,34 @@ from identity.search import TemplateHit
 from workers.pipeline import matching as mask_aware
 from workers.pipeline.scoring import calibration_for
 
-# A 1:N search makes one comparison per enrolled subject, so its false-accept rate per comparison must be
-# far lower than a 1:1 check's for a stranger to come back unknown in a gallery of thousands.
-DEFAULT_FALSE_ACCEPT_RATE = {"verify": 1e-3, "identify": 1e-4}
+VERIFY_FALSE_ACCEPT_RATE = 1e-3
+# A 1:N search makes one comparison per enrolled subject: a stranger is wrongly matched with probability
+# about (subjects x the false-accept rate per comparison). The default identify threshold keeps that chance,
+# the false-positive identification rate (FPIR), at 1% whatever the gallery's size, and never uses a
+# looser per-comparison rate than 1e-4.
+IDENTIFY_FALSE_POSITIVE_IDENTIFICATION_RATE = 0.01
+IDENTIFY_MAX_FALSE_ACCEPT_RATE = 1e-4
+
+
+def identify_false_accept_rate(gallery_subjects: int) -> float:
+    """The per-comparison false-accept rate that keeps a gallery of this many subjects at the target FPIR."""
+    return min(
+        IDENTIFY_MAX_FALSE_ACCEPT_RATE, IDENTIFY_FALSE_POSITIVE_IDENTIFICATION_RATE / max(1, gallery_subjects)
+    )
+
+
+def default_threshold(
+    model_version: str, *, operation: str, probe_masked: bool, gallery_subjects: int = 0
+) -> float:
+    """The calibrated score threshold of `operation`: 1:1 verify at FAR 1e-3; identify at the rate
+    `identify_false_accept_rate` gives for a gallery of `gallery_subjects`."""
+    if operation == "verify":
+        false_accept_rate = VERIFY_FALSE_ACCEPT_RATE
+    elif operation == "identify":
+        false_accept_rate = identify_false_accept_rate(gallery_subjects)
+    else:
+        raise ValueError(f"no default threshold for {operation!r}")
+    return mask_aware.calibration_for(model_version).threshold(probe_masked, false_accept_rate)
 
 
 @dataclass(frozen=True)
@@ -27,12 +52,6 @@ class Candidate:
     similarity: float
     confidence: float
     matched_template_kind: str
-
-
-def default_threshold(model_version: str, *, operation: str, probe_masked: bool) -> float:
-    return mask_aware.calibration_for(model_version).threshold(
-        probe_masked, DEFAULT_FALSE_ACCEPT_RATE[operation]
-    )
 
 
 def rank_subjects(

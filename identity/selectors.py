@@ -51,6 +51,10 @@ def gallery_with_counts_get(*, tenant, gallery_id) -> Gallery:
     return _get(gallery_list(tenant=tenant), gallery_id, "gallery")
 
 
+def gallery_subject_count(*, tenant, gallery: Gallery) -> int:
+    return Subject.objects.filter(tenant=tenant, gallery=gallery).count()
+
+
 def subject_list(*, tenant, gallery: Gallery, external_id: str | None = None) -> QuerySet[Subject]:
     subjects = Subject.objects.filter(tenant=tenant, gallery=gallery).annotate(face_count=Count("faces"))
     if external_id is not None:

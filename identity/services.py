@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -545,6 +546,8 @@ class IdentifiedFace:
     face: FaceAnalysis
     match: Candidate | None
     candidates: list[Candidate]
+    # The score `match` had to reach.
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -597,6 +600,13 @@ def identify(
     identified = []
     fetch = max(search.MIN_TEMPLATES_FETCHED, top_k * search.TEMPLATES_PER_SUBJECT_FETCHED)
     with tenant_transaction(tenant.id):
+        thresholds = _thresholds(
+            tenant=tenant,
+            model_version=gallery.model_version,
+            operation="identify",
+            requested=threshold,
+            gallery_subjects=lambda: selectors.gallery_subject_count(tenant=tenant, gallery=gallery),
+        )
         for face in analysis.faces:
             hits = search.nearest_templates(
                 tenant_id=tenant.id, gallery=gallery, embedding=face.embedding, limit=fetch
@@ -605,15 +615,11 @@ def identify(
             candidates = rank_subjects(
                 hits, model_version=gallery.model_version, probe_masked=probe_masked, top_k=top_k
             )
-            face_threshold = (
-                threshold
-                if threshold is not None
-                else _tenant_threshold(
-                    tenant, gallery.model_version, operation="identify", probe_masked=probe_masked
-                )
-            )
+            face_threshold = thresholds[probe_masked]
             match = candidates[0] if candidates and candidates[0].similarity >= face_threshold else None
-            identified.append(IdentifiedFace(face=face, match=match, candidates=candidates))
+            identified.append(
+                IdentifiedFace(face=face, match=match, candidates=candidates, threshold=face_threshold)
+            )
         subject_ids = [candidate.subject_id for item in identified for candidate in item.candidates]
         subjects = selectors.subjects_by_id(tenant=tenant, subject_ids=subject_ids)
         _meter_call(tenant=tenant, api_key=api_key, operation="identify", client_request=client_request)
@@ -631,12 +637,26 @@ def _probe_masked(face: FaceAnalysis) -> bool:
     return bool(face.mask and face.mask.masked)
 
 
-def _tenant_threshold(tenant, model_version: str, *, operation: str, probe_masked: bool) -> float:
-    return (
-        tenant.default_match_threshold
-        if tenant.default_match_threshold is not None
-        else default_threshold(model_version, operation=operation, probe_masked=probe_masked)
-    )
+def _thresholds(
+    *,
+    tenant,
+    model_version: str,
+    operation: str,
+    requested: float | None,
+    gallery_subjects: Callable[[], int] = lambda: 0,
+) -> dict[bool, float]:
+    """The threshold per probe condition (masked or not): the request's, else the tenant's, else the
+    calibrated default (for identify, one that depends on the gallery's size, counted only then)."""
+    fixed = requested if requested is not None else tenant.default_match_threshold
+    if fixed is not None:
+        return {False: fixed, True: fixed}
+    subjects = gallery_subjects()
+    return {
+        masked: default_threshold(
+            model_version, operation=operation, probe_masked=masked, gallery_subjects=subjects
+        )
+        for masked in (False, True)
+    }
 
 
 @dataclass(frozen=True)
@@ -695,11 +715,9 @@ def verify(
         ]
     probe_masked = _probe_masked(probe)
     [candidate] = rank_subjects(hits, model_version=model_version, probe_masked=probe_masked, top_k=1)
-    threshold = (
-        threshold
-        if threshold is not None
-        else _tenant_threshold(tenant, model_version, operation="verify", probe_masked=probe_masked)
-    )
+    threshold = _thresholds(
+        tenant=tenant, model_version=model_version, operation="verify", requested=threshold
+    )[probe_masked]
     with tenant_transaction(tenant.id):
         _meter_call(tenant=tenant, api_key=api_key, operation="verify", client_request=client_request)
     return Verification(

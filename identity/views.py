@@ -328,6 +328,7 @@ class IdentifyView(TenantAPIView):
                         if item.match
                         else None,
                         "candidates": [candidate_representation(c, result.subjects) for c in item.candidates],
+                        "threshold": round(item.threshold, 6),
                     }
                     for item in result.faces
                 ],

@@ -4,6 +4,7 @@ import pytest
 
 from identity.matching import default_threshold, rank_subjects
 from identity.search import TemplateHit
+from workers.pipeline import matching as mask_aware
 from workers.pipeline.scoring import calibration_for
 
 SFACE = "sface-2021dec-0ba9fbfa01b5"
@@ -55,6 +56,23 @@ def test_identify_thresholds_are_stricter_than_verify_ones_in_both_mask_conditio
         assert default_threshold(SFACE, operation="identify", probe_masked=probe_masked) > default_threshold(
             SFACE, operation="verify", probe_masked=probe_masked
         )
+
+
+@pytest.mark.parametrize("probe_masked", [False, True])
+def test_the_identify_threshold_keeps_a_stranger_unmatched_in_99_percent_of_searches_at_any_gallery_size(
+    probe_masked,
+):
+    calibration = mask_aware.calibration_for(SFACE)
+
+    def threshold(subjects: int) -> float:
+        return default_threshold(
+            SFACE, operation="identify", probe_masked=probe_masked, gallery_subjects=subjects
+        )
+
+    # Up to 100 subjects: 1e-4 per comparison; beyond, 1% over all the gallery's subjects.
+    assert threshold(1) == threshold(100) == calibration.threshold(probe_masked, 1e-4)
+    assert threshold(5_000) == calibration.threshold(probe_masked, 0.01 / 5_000)
+    assert threshold(100) < threshold(1_000) < threshold(10_000) < threshold(100_000)
 
 
 def test_a_model_without_calibration_is_refused_rather_than_guessed():

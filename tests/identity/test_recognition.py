@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from identity.matching import default_threshold
+from identity.models import Subject
 from tenants.models import UsageRecord
 from tenants.rls import tenant_transaction
 from tests.conftest import require_shared_data
@@ -48,6 +50,44 @@ def test_an_enrolled_person_is_identified(tenant_api, enrolled):
     assert body["took_ms"] > 0
     timing = response["Server-Timing"]
     assert all(f"{stage};dur=" in timing for stage in ("decode", "detect", "embed", "search"))
+
+
+def test_the_default_identify_threshold_rises_with_the_gallerys_size(tenant_api, enrolled):
+    """A stranger is compared with every enrolled subject: the default threshold keeps the chance that one of
+    them matches at 1% (FPIR), so a bigger gallery needs a stricter threshold per comparison."""
+    gallery, _ = enrolled
+    probe = person_image(22)
+    small = _identify(tenant_api, gallery["id"], probe).json()["faces"][0]
+    with tenant_transaction(tenant_api.tenant.id):
+        Subject.objects.bulk_create(
+            Subject(tenant=tenant_api.tenant, gallery_id=gallery["id"], external_id=f"visitor-{n}")
+            for n in range(997)
+        )
+
+    large = _identify(tenant_api, gallery["id"], probe).json()["faces"][0]
+
+    def expected(subjects: int) -> float:
+        return default_threshold(
+            gallery["model_version"],
+            operation="identify",
+            probe_masked=small["mask"]["masked"],
+            gallery_subjects=subjects,
+        )
+
+    assert small["threshold"] == pytest.approx(expected(3), abs=1e-6)
+    assert large["threshold"] == pytest.approx(expected(1_000), abs=1e-6)
+    assert large["threshold"] > small["threshold"]
+    assert large["match"]["external_id"] == "emp-22"
+
+
+def test_a_threshold_sent_with_the_request_is_the_one_applied(tenant_api, enrolled):
+    gallery, _ = enrolled
+
+    face = _identify(tenant_api, gallery["id"], person_image(22), threshold=0.999).json()["faces"][0]
+
+    assert face["threshold"] == 0.999
+    assert face["match"] is None
+    assert face["candidates"][0]["external_id"] == "emp-22"
 
 
 def test_people_enrolled_unmasked_are_identified_wearing_masks_and_strangers_are_not(tenant_api):

@@ -85,6 +85,7 @@ def test_enroll_from_every_image_kind_then_identify_verify_and_detect(client, tm
     # Cartoon faces all look alike to the model: a stranger is one below a strict threshold.
     stranger = client.identify(gallery_id=gallery.id, image=person_image(99), threshold=0.995)
     assert stranger.faces[0].match is None
+    assert stranger.faces[0].threshold == 0.995
     assert stranger.matches == []
 
     verified = client.verify(image=person_image(2, offset=(10, 5)), subject_id=bob.id)

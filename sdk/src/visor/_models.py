@@ -236,10 +236,12 @@ class DetectedFace:
 
 @dataclass(frozen=True)
 class IdentifiedFace(DetectedFace):
-    """A face of an identify probe: `match` is None for a stranger."""
+    """A face of an identify probe: `match` is None for a stranger; `threshold` is the score `match` had to
+    reach (the request's, the tenant's, or the default for the gallery's size and the face's mask)."""
 
     match: Match | None = None
     candidates: list[Match] = field(default_factory=list)
+    threshold: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IdentifiedFace:
@@ -247,6 +249,7 @@ class IdentifiedFace(DetectedFace):
             **cls._fields(data),
             match=Match.from_dict(data["match"]) if data.get("match") else None,
             candidates=[Match.from_dict(c) for c in data.get("candidates") or []],
+            threshold=data.get("threshold"),
         )
 
 

@@ -1,6 +1,7 @@
 """The mask levers the API calls: mask-aware subject scoring (pure) and mask-augmented enrollment."""
 
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -138,8 +139,27 @@ def test_the_shipped_calibration_matches_the_enrollment_default():
 def test_thresholds_are_per_mask_condition():
     assert CALIBRATION.threshold(True, 1e-3) == 0.40
     assert CALIBRATION.threshold(False, 1e-3) == 0.36
+
+
+def test_thresholds_below_the_calibrated_rates_follow_a_gaussian_tail_through_the_two_lowest():
+    calibration = calibration_for("visor-masked-student-30bab81a449b")
+    quantile = NormalDist().inv_cdf
+    at_1e3, at_1e4 = calibration.threshold(True, 1e-3), calibration.threshold(True, 1e-4)
+    slope = (at_1e4 - at_1e3) / (quantile(1 - 1e-4) - quantile(1 - 1e-3))
+
+    at_1e6 = calibration.threshold(True, 1e-6)
+
+    assert at_1e6 == pytest.approx(at_1e4 + slope * (quantile(1 - 1e-6) - quantile(1 - 1e-4)))
+    assert at_1e3 < at_1e4 < at_1e6 < calibration.threshold(True, 1e-7)
+    # Protocol (c), docs/accuracy.md: 5,196 enrolled subjects reach FPIR 1% at 0.504 (measured).
+    assert calibration.threshold(True, 0.01 / 5196) == pytest.approx(0.504, abs=0.01)
+
+
+def test_rates_above_the_calibrated_ones_are_not_guessed():
     with pytest.raises(KeyError):
-        CALIBRATION.threshold(True, 1e-5)
+        CALIBRATION.threshold(True, 1e-2)
+    with pytest.raises(KeyError):
+        CALIBRATION.threshold(True, 0)
 
 
 def test_fit_recovers_statistics_and_keeps_the_false_accept_rate():
