@@ -181,9 +181,10 @@ def _insert(table: str, columns: dict[str, str], rows, chunk: int = 10_000) -> N
 
 def seed_gallery(*, tenant, gallery, data: SyntheticGallery, batch: int = 30_000, progress=None) -> None:
     """Write the gallery's subjects, faces and templates (`batch` templates per transaction)."""
+    from django.db.models import F
     from django.utils import timezone
 
-    from identity.models import Face, FaceTemplate, Subject
+    from identity.models import Face, FaceTemplate, Gallery, Subject
     from tenants.rls import tenant_transaction
 
     if batch % (1 + MASKED_PER_FACE):
@@ -208,6 +209,10 @@ def seed_gallery(*, tenant, gallery, data: SyntheticGallery, batch: int = 30_000
                 (sid, tenant.id, gallery.id, f"seed-{index}", "", "{}", now, now)
                 for index, sid in enumerate(subject_ids)
             ),
+        )
+        # What identity.services.create_subject keeps for each subject it adds.
+        Gallery.objects.filter(id=gallery.id, tenant=tenant).update(
+            subject_count=F("subject_count") + len(subject_ids)
         )
     face_owner = np.zeros(data.faces, dtype=np.int64)
     face_owner[data.face] = data.subject

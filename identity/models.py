@@ -24,6 +24,9 @@ class Gallery(models.Model):
     model_version = models.CharField(max_length=100)
     # Set once the gallery is large enough to get its own approximate (HNSW) index.
     ann_index_name = models.CharField(max_length=63, blank=True, default="")
+    # Kept by the subject services in the transaction that adds or removes a subject: identify's default
+    # threshold depends on it, and counting a large gallery per request would cost more than the search.
+    subject_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +15,7 @@ import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from identity import search, selectors
@@ -108,6 +108,7 @@ def create_subject(
             subject = Subject.objects.create(
                 tenant=tenant, gallery=gallery, external_id=external_id, name=name, metadata=metadata or {}
             )
+            _count_subjects(tenant=tenant, gallery_id=gallery.id, change=1)
     except IntegrityError:
         raise SubjectExternalIdConflict(
             f"A subject with external_id {external_id!r} already exists in this gallery."
@@ -116,6 +117,10 @@ def create_subject(
         tenant=tenant, actor=actor, action="subject.created", object_type="subject", object_id=str(subject.id)
     )
     return subject
+
+
+def _count_subjects(*, tenant, gallery_id, change: int) -> None:
+    Gallery.objects.filter(id=gallery_id, tenant=tenant).update(subject_count=F("subject_count") + change)
 
 
 @transaction.atomic
@@ -158,6 +163,7 @@ def delete_subject(*, tenant, actor, subject: Subject) -> None:
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, subject=subject))
     subject_id = subject.id
     subject.delete()
+    _count_subjects(tenant=tenant, gallery_id=subject.gallery_id, change=-1)
     record_audit_event(
         tenant=tenant, actor=actor, action="subject.deleted", object_type="subject", object_id=str(subject_id)
     )
@@ -605,7 +611,7 @@ def identify(
             model_version=gallery.model_version,
             operation="identify",
             requested=threshold,
-            gallery_subjects=lambda: selectors.gallery_subject_count(tenant=tenant, gallery=gallery),
+            gallery_subjects=gallery.subject_count,
         )
         for face in analysis.faces:
             hits = search.nearest_templates(
@@ -638,22 +644,16 @@ def _probe_masked(face: FaceAnalysis) -> bool:
 
 
 def _thresholds(
-    *,
-    tenant,
-    model_version: str,
-    operation: str,
-    requested: float | None,
-    gallery_subjects: Callable[[], int] = lambda: 0,
+    *, tenant, model_version: str, operation: str, requested: float | None, gallery_subjects: int = 0
 ) -> dict[bool, float]:
     """The threshold per probe condition (masked or not): the request's, else the tenant's, else the
-    calibrated default (for identify, one that depends on the gallery's size, counted only then)."""
+    calibrated default (for identify, one that depends on the gallery's size)."""
     fixed = requested if requested is not None else tenant.default_match_threshold
     if fixed is not None:
         return {False: fixed, True: fixed}
-    subjects = gallery_subjects()
     return {
         masked: default_threshold(
-            model_version, operation=operation, probe_masked=masked, gallery_subjects=subjects
+            model_version, operation=operation, probe_masked=masked, gallery_subjects=gallery_subjects
         )
         for masked in (False, True)
     }

@@ -26,7 +26,15 @@ TENANT_SETTING = "visor.tenant_id"
 OPERATOR_SETTING = "visor.operator"
 POLICY_NAME = "tenant_isolation"
 
+# Each setting is read in a scalar subquery, which PostgreSQL evaluates once per statement (an InitPlan);
+# called bare, current_setting() runs for every row, which made counting a 20,000-subject gallery 15 ms
+# instead of 4.
 _POLICY_CONDITION = (
+    f"tenant_id = (SELECT NULLIF(current_setting('{TENANT_SETTING}', true), '')::uuid)"
+    f" OR (SELECT current_setting('{OPERATOR_SETTING}', true) = 'on')"
+)
+# The condition of migrations before the one above, restored when those are unapplied.
+_PER_ROW_POLICY_CONDITION = (
     f"tenant_id = NULLIF(current_setting('{TENANT_SETTING}', true), '')::uuid"
     f" OR current_setting('{OPERATOR_SETTING}', true) = 'on'"
 )
@@ -120,3 +128,28 @@ class EnableTenantRowLevelSecurity(Operation):
     @property
     def migration_name_fragment(self):
         return f"rls_{self.model_name_or_table.lower()}"
+
+
+class UseStatementLevelTenantSettings(EnableTenantRowLevelSecurity):
+    """Migration operation: rewrite a table's `tenant_isolation` policy to the condition that reads the
+    tenant settings once per statement (`_POLICY_CONDITION`); the rows it admits are the same."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._alter(schema_editor, self._table(app_label, to_state), _POLICY_CONDITION)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._alter(schema_editor, self._table(app_label, from_state), _PER_ROW_POLICY_CONDITION)
+
+    @staticmethod
+    def _alter(schema_editor, table: str, condition: str) -> None:
+        schema_editor.execute(
+            f"ALTER POLICY {POLICY_NAME} ON {schema_editor.quote_name(table)}"
+            f" USING ({condition}) WITH CHECK ({condition})"
+        )
+
+    def describe(self):
+        return f"Read the tenant settings once per statement in {self.model_name_or_table}'s policy"
+
+    @property
+    def migration_name_fragment(self):
+        return f"rls_statement_settings_{self.model_name_or_table.lower()}"

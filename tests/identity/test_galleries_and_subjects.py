@@ -22,6 +22,21 @@ def test_a_gallery_is_created_and_records_the_model_version(tenant_api):
     assert body["face_count"] == 0
 
 
+def test_a_gallery_counts_the_subjects_added_and_removed(tenant_api):
+    gallery = tenant_api.create_gallery()
+    subjects = [tenant_api.create_subject(gallery["id"], f"emp-{n}") for n in range(3)]
+    other = tenant_api.create_gallery("Other")
+    tenant_api.create_subject(other["id"], "emp-0")
+    tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/subjects", {"external_id": "emp-0"}, content_type="application/json"
+    )  # a conflict adds nobody
+
+    tenant_api.delete(f"/v1/subjects/{subjects[0]['id']}")
+
+    assert tenant_api.get(f"/v1/galleries/{gallery['id']}").json()["subject_count"] == 2
+    assert tenant_api.get(f"/v1/galleries/{other['id']}").json()["subject_count"] == 1
+
+
 def test_a_gallery_without_a_name_is_a_validation_problem(tenant_api):
     response = tenant_api.post("/v1/galleries", {"description": "no name"}, content_type="application/json")
 

@@ -6,7 +6,12 @@ from django.db import DatabaseError, connection
 from django.db.migrations.state import ProjectState
 
 from tenants.models import ApiKey, AuditEvent, Tenant, UsageRecord
-from tenants.rls import EnableTenantRowLevelSecurity, operator_transaction, tenant_transaction
+from tenants.rls import (
+    EnableTenantRowLevelSecurity,
+    UseStatementLevelTenantSettings,
+    operator_transaction,
+    tenant_transaction,
+)
 from tenants.services import record_audit_event, record_usage
 from tests.tenants.factories import TEST_ACTOR, api_client_for, make_api_key, make_tenant
 
@@ -181,6 +186,64 @@ def test_every_tenant_data_table_is_under_forced_row_level_security_with_the_iso
     assert {"tenants_auditevent", "tenants_usagerecord"} <= set(tables)
     assert set(found) == set(tables), "every tenant data model has a table"
     assert {table: state for table, state in found.items() if state != (True, True, True)} == {}
+
+
+def _policy_conditions(tables: list[str]) -> dict[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, qual FROM pg_policies WHERE policyname = 'tenant_isolation'"
+            " AND tablename = ANY(%s)",
+            [tables],
+        )
+        return dict(cursor.fetchall())
+
+
+def test_every_policy_reads_the_tenant_settings_once_per_statement_not_per_row(db):
+    tables = _tenant_data_tables()
+    tenant = make_tenant()
+
+    conditions = _policy_conditions(tables)
+    with tenant_transaction(tenant.id), connection.cursor() as cursor:
+        cursor.execute("EXPLAIN SELECT count(*) FROM tenants_usagerecord")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert set(conditions) == set(tables)
+    # pg_policies shows each current_setting() inside a scalar subquery: an InitPlan, evaluated once.
+    assert {t: c for t, c in conditions.items() if c.count("( SELECT") != 2} == {}
+    assert "InitPlan" in plan
+
+
+def test_the_policy_rewrite_is_reversible_and_admits_the_same_rows(db):
+    table = "rls_rewrite_probe"
+    tenant, other = make_tenant(), make_tenant()
+    state = ProjectState()
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, tenant_id uuid NOT NULL)")
+        cursor.execute(
+            f"INSERT INTO {table} (tenant_id) VALUES (%s), (%s), (%s)", [tenant.id, other.id, other.id]
+        )
+    with connection.schema_editor() as editor:
+        EnableTenantRowLevelSecurity(table).database_forwards("tenants", editor, state, state)
+
+    def visible() -> tuple[int, int, int]:
+        counts = []
+        for scope in (tenant_transaction(tenant.id), tenant_transaction(other.id), operator_transaction()):
+            with scope, connection.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) FROM {table}")
+                counts.append(cursor.fetchone()[0])
+        return tuple(counts)
+
+    rewrite = UseStatementLevelTenantSettings(table)
+    with connection.schema_editor() as editor:
+        rewrite.database_backwards("tenants", editor, state, state)
+    per_row = (_policy_conditions([table])[table], visible())
+    with connection.schema_editor() as editor:
+        rewrite.database_forwards("tenants", editor, state, state)
+    per_statement = (_policy_conditions([table])[table], visible())
+
+    assert "SELECT" not in per_row[0]
+    assert "SELECT" in per_statement[0]
+    assert per_row[1] == per_statement[1] == (1, 2, 3)
 
 
 def test_the_migration_operation_is_reversible(db):
