@@ -2,12 +2,10 @@ import re
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
-from django.utils import timezone
 
-from tenants.billing import days_in_month
-from tenants.periods import calendar_month
 from tenants.rls import tenant_transaction
 from tenants.services import record_usage
+from tests.tenants.billing_helpers import store_faces_all_this_month
 from tests.tenants.factories import api_client_for, make_api_key, make_plan, make_tenant
 
 PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"
@@ -53,17 +51,7 @@ def test_get_tenant_describes_the_callers_tenant_plan_settings_usage_and_key():
 @pytest.mark.django_db
 def test_get_tenant_reports_stored_faces_in_face_months_as_the_plan_counts_them():
     tenant, raw_key = make_api_key(tenant=make_tenant(plan=make_plan(included_stored_face_months=10)))
-    this_month = calendar_month(timezone.now()).start
-    # Three faces stored every day of the month so far and of the days still to come: 3 face-months.
-    face_days = 3 * days_in_month(this_month)
-    with tenant_transaction(tenant.id):
-        record_usage(
-            tenant=tenant,
-            api_key=None,
-            operation="stored_face_months",
-            units=face_days,
-            idempotency_key="snapshot:all-month",
-        )
+    store_faces_all_this_month(tenant, faces=3)
 
     body = api_client_for(raw_key).get("/v1/tenant").json()
 
