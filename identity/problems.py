@@ -27,12 +27,6 @@ class IdempotencyKeyReused(Problem):
     title = "Idempotency key reused with a different request"
 
 
-class IdempotentRequestInProgress(Problem):
-    status_code = 409
-    problem_type = "idempotency-request-in-progress"
-    title = "A request with this idempotency key is still being processed"
-
-
 class InvalidImage(Problem):
     """The uploaded image cannot be used at all (empty, too large, not an image, corrupt)."""
 

@@ -134,12 +134,13 @@ def _search_settings(cursor, *, gallery: Gallery, limit: int, subject_id) -> Ite
     # they were independent; once other galleries' rows dominate the table it expects a few hundred rows and
     # sorts the whole gallery exactly (minutes at 1 M templates) instead of walking its index. One subject's
     # few templates, by contrast, are best found through the b-tree and sorted.
-    use_ann_index = bool(gallery.ann_index_name) and subject_id is None
-    if use_ann_index:
-        cursor.execute("SELECT set_config('enable_sort', 'off', true)")
+    if not gallery.ann_index_name or subject_id is not None:
+        yield
+        return
+    cursor.execute("SELECT current_setting('enable_sort'), set_config('enable_sort', 'off', true)")
+    (enable_sort, _) = cursor.fetchone()
     yield
-    if use_ann_index:
-        cursor.execute("SELECT set_config('enable_sort', 'on', true)")
+    cursor.execute("SELECT set_config('enable_sort', %s, true)", [enable_sort])
 
 
 def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:

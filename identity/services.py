@@ -47,6 +47,9 @@ from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 MAX_ENROLL_FACES_CONSIDERED = 20
 # Far longer than any enrollment runs or waits in a healthy queue.
 STALLED_JOB_AFTER = timedelta(minutes=10)
+STALLED_JOBS_PER_SWEEP = 500
+# How long a retry with the same Idempotency-Key gets the first request's outcome (Stripe keeps keys 24 h).
+IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
 
 
 # --- Galleries and subjects -------------------------------------------------------------------------------
@@ -162,8 +165,9 @@ def update_subject(
 def delete_subject(*, tenant, actor, subject: Subject) -> None:
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, subject=subject))
     subject_id = subject.id
-    subject.delete()
-    _count_subjects(tenant=tenant, gallery_id=subject.gallery_id, change=-1)
+    # A concurrent delete of the same subject may have removed it already: count only what this one did.
+    _, deleted = subject.delete()
+    _count_subjects(tenant=tenant, gallery_id=subject.gallery_id, change=-deleted.get(Subject._meta.label, 0))
     record_audit_event(
         tenant=tenant, actor=actor, action="subject.deleted", object_type="subject", object_id=str(subject_id)
     )
@@ -213,9 +217,10 @@ class ClientRequest:
 
 def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> IdempotentRequest | None:
     """Record the request's Idempotency-Key; None when this request is its first use, else the record of the
-    earlier request with that key. A key first used for a different request is refused (422), before anything
-    is done or billed. Run it inside the tenant's transaction: a concurrent request with the same key waits
-    on the unique index until this transaction ends."""
+    earlier request with that key. A key first used for a different request is refused (422): an enrollment
+    before its job is made, a recognition call after its analysis but before it is billed. Run it inside the
+    tenant's transaction: a concurrent request with the same key waits on the unique index until this
+    transaction ends."""
     try:
         with transaction.atomic():
             IdempotentRequest.objects.create(
@@ -396,23 +401,33 @@ def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
     )
 
 
-def redispatch_stalled_jobs(*, stalled_for: timedelta = STALLED_JOB_AFTER) -> int:
-    """Send again the task of every job still queued or running `stalled_for` after it was last sent; returns
-    how many. A worker killed mid-task can take its message with it (kombu's SQLAlchemy transport never
-    redelivers it, Redis only after its visibility timeout), and the job would wait forever. Processing is
-    idempotent, so a job whose message was only slow runs once and its duplicate finds it finished."""
+def redispatch_stalled_jobs(
+    *, stalled_for: timedelta = STALLED_JOB_AFTER, batch_size: int = STALLED_JOBS_PER_SWEEP
+) -> int:
+    """Send again the task of every job still queued or running `stalled_for` after it was last sent, oldest
+    first and at most `batch_size` a sweep; returns how many. A worker killed mid-task can take its message
+    with it (kombu's SQLAlchemy transport never redelivers it, Redis only after its visibility timeout), and
+    the job would wait forever. Processing is idempotent, so a job whose message was only slow runs once and
+    its duplicate finds it finished."""
     now = timezone.now()
     with operator_transaction():
         stalled = list(
             Job.objects.select_for_update(skip_locked=True)
             .filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING], dispatched_at__lt=now - stalled_for)
             .order_by("dispatched_at")
+            .only("id", "tenant_id")[:batch_size]
         )
+        Job.objects.filter(id__in=[job.id for job in stalled]).update(dispatched_at=now)
         for job in stalled:
-            job.dispatched_at = now
-            job.save(update_fields=["dispatched_at"])
             _dispatch_enrollment(job)
     return len(stalled)
+
+
+def purge_expired_idempotency_keys(*, older_than: timedelta = IDEMPOTENCY_KEY_LIFETIME) -> int:
+    """Forget Idempotency-Keys older than their lifetime (a later request may reuse one); returns how many."""
+    with operator_transaction():
+        deleted, _ = IdempotentRequest.objects.filter(created_at__lt=timezone.now() - older_than).delete()
+    return deleted
 
 
 def _choose_enrollment_face(

@@ -37,6 +37,12 @@ def redispatch_stalled_jobs(*, stalled_after_seconds: float | None = None) -> in
     return services.redispatch_stalled_jobs(stalled_for=timedelta(seconds=stalled_after_seconds))
 
 
+@shared_task(name="maintenance.purge_expired_idempotency_keys")
+def purge_expired_idempotency_keys() -> int:
+    """Beat task: Idempotency-Keys are kept for their lifetime (24 h), not forever."""
+    return services.purge_expired_idempotency_keys()
+
+
 @shared_task(name="maintenance.purge_deleted_images", bind=True, max_retries=10)
 def purge_deleted_images(self, *, tenant_id: str) -> int:
     removed = services.purge_deleted_images(tenant_id=tenant_id)

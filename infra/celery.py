@@ -32,6 +32,10 @@ app.conf.task_routes = {
 app.autodiscover_tasks(["workers", "identity", "tenants"])
 app.conf.beat_schedule = {
     "redispatch-stalled-jobs": {"task": "maintenance.redispatch_stalled_jobs", "schedule": 60},
+    "purge-expired-idempotency-keys": {
+        "task": "maintenance.purge_expired_idempotency_keys",
+        "schedule": 3600,
+    },
     "sweep-pending-image-deletions": {
         "task": "maintenance.sweep_pending_image_deletions",
         "schedule": 15 * 60,

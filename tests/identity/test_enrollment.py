@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from identity import services
-from identity.models import Face, FaceTemplate, Job
+from identity.models import Face, FaceTemplate, IdempotentRequest, Job
 from tenants.rls import operator_transaction
 from tests.face_images import CartoonPerson, draw_face, encode, face_photo, person_image
 from tests.identity.conftest import bucket_keys, make_tenant_api, require_mask_synthesis, upload_file
@@ -239,6 +239,42 @@ def test_a_job_whose_task_was_lost_is_sent_again_and_completes(tenant_api, subje
         recent.dispatched_at,
     )
     assert services.redispatch_stalled_jobs() == 0
+
+
+def test_a_sweep_sends_at_most_its_batch_oldest_first(tenant_api, subject):
+    oldest = _unfinished_job(tenant_api, subject, dispatched_minutes_ago=50)
+    older = _unfinished_job(tenant_api, subject, dispatched_minutes_ago=40)
+    old = _unfinished_job(tenant_api, subject, dispatched_minutes_ago=30)
+
+    assert services.redispatch_stalled_jobs(batch_size=2) == 2
+
+    assert _job(old.id).dispatched_at == old.dispatched_at
+    assert _job(oldest.id).dispatched_at > oldest.dispatched_at
+    assert _job(older.id).dispatched_at > older.dispatched_at
+
+
+def test_idempotency_keys_are_forgotten_after_their_lifetime(tenant_api, subject):
+    headers = {"Idempotency-Key": "enroll-once"}
+    first = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces", {"image": upload_file(person_image(5))}, headers=headers
+    )
+    with operator_transaction():
+        IdempotentRequest.objects.filter(key="enroll-once").update(
+            created_at=timezone.now() - timedelta(hours=25)
+        )
+        IdempotentRequest.objects.create(
+            tenant=tenant_api.tenant, key="recent", fingerprint="0" * 64, status_code=200, body={}
+        )
+
+    assert services.purge_expired_idempotency_keys() == 1
+    # The key may now serve a new request: a different image makes a new job instead of a 422.
+    again = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces", {"image": upload_file(person_image(6))}, headers=headers
+    )
+    assert first.status_code == again.status_code == 202
+    assert again["Location"] != first["Location"]
+    with operator_transaction():
+        assert IdempotentRequest.objects.filter(key="recent").exists()
 
 
 def _job(job_id) -> Job:

@@ -2,7 +2,13 @@ import uuid
 
 import pytest
 
+from identity import services
 from identity.face_pipeline import get_face_pipeline
+from identity.models import Subject
+from tenants.actors import Actor
+from tenants.rls import tenant_transaction
+
+TESTS = Actor.system("tests")
 
 pytestmark = pytest.mark.django_db
 
@@ -35,6 +41,20 @@ def test_a_gallery_counts_the_subjects_added_and_removed(tenant_api):
 
     assert tenant_api.get(f"/v1/galleries/{gallery['id']}").json()["subject_count"] == 2
     assert tenant_api.get(f"/v1/galleries/{other['id']}").json()["subject_count"] == 1
+
+
+def test_two_overlapping_deletes_of_one_subject_count_it_once(tenant_api):
+    gallery = tenant_api.create_gallery()
+    kept = tenant_api.create_subject(gallery["id"], "emp-kept")
+    doomed = tenant_api.create_subject(gallery["id"], "emp-doomed")
+    with tenant_transaction(tenant_api.tenant.id):
+        # Both requests read the subject before either deleted it.
+        first, second = (Subject.objects.get(id=doomed["id"]) for _ in range(2))
+        services.delete_subject(tenant=tenant_api.tenant, actor=TESTS, subject=first)
+        services.delete_subject(tenant=tenant_api.tenant, actor=TESTS, subject=second)
+
+    assert tenant_api.get(f"/v1/galleries/{gallery['id']}").json()["subject_count"] == 1
+    assert tenant_api.get(f"/v1/subjects/{kept['id']}").status_code == 200
 
 
 def test_a_gallery_without_a_name_is_a_validation_problem(tenant_api):

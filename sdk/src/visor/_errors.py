@@ -143,7 +143,6 @@ _BY_TYPE: dict[str, type[VisorError]] = {
     "tenant-suspended": PermissionDeniedError,
     "not-found": NotFoundError,
     "conflict": ConflictError,
-    "idempotency-request-in-progress": ConflictError,
     "capacity-exceeded": CapacityExceededError,
     "idempotency-key-reused": ValidationError,
     "rate-limited": RateLimitError,
