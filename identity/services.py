@@ -206,51 +206,40 @@ class ClientRequest:
     request_id: str
     fingerprint: str
 
-    @property
-    def usage_key(self) -> str:
-        """What meters the call once: the client's key, so that its retries are billed once, else the
-        request id."""
-        if self.idempotency_key:
-            return f"idempotency:{self.idempotency_key}"
-        return f"request:{self.request_id}"
 
-
-def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> IdempotentRequest | None:
-    """Record the request's Idempotency-Key; None when this request is its first use, else the record of the
-    earlier request with that key. A key first used for a different request is refused (422): an enrollment
-    before its job is made, a recognition call after its analysis but before it is billed. Run it inside the
-    tenant's transaction: a concurrent request with the same key waits on the unique index until this
-    transaction ends."""
+def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> tuple[IdempotentRequest, bool]:
+    """The record of the request's Idempotency-Key, and whether this request is its first use. A key first
+    used for a different request is refused (422): an enrollment before its job is made, a recognition call
+    after its analysis but before it is billed. Run it inside the tenant's transaction: a concurrent request
+    with the same key waits on the unique index until this transaction ends."""
     try:
         with transaction.atomic():
-            IdempotentRequest.objects.create(
+            return IdempotentRequest.objects.create(
                 tenant=tenant,
                 key=client_request.idempotency_key,
                 fingerprint=client_request.fingerprint,
                 status_code=200,
                 body={},
-            )
-        return None
+            ), True
     except IntegrityError:
         earlier = IdempotentRequest.objects.get(tenant=tenant, key=client_request.idempotency_key)
     if earlier.fingerprint != client_request.fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was first used with a different request; use a new key."
         )
-    return earlier
+    return earlier, False
 
 
 def _meter_call(*, tenant, api_key, operation: str, client_request: ClientRequest) -> None:
-    """Bill a successful recognition call once per client request. Inside the tenant's transaction."""
+    """Bill a successful recognition call once per client request, inside the tenant's transaction. With an
+    Idempotency-Key, the ledger key names its claim too, so that the same key reused after it expired bills
+    its new call."""
     if client_request.idempotency_key:
-        claim_idempotency_key(tenant=tenant, client_request=client_request)
-    record_usage(
-        tenant=tenant,
-        api_key=api_key,
-        operation=operation,
-        units=1,
-        idempotency_key=client_request.usage_key,
-    )
+        claim, _ = claim_idempotency_key(tenant=tenant, client_request=client_request)
+        usage_key = f"idempotency:{claim.id}:{client_request.idempotency_key}"
+    else:
+        usage_key = f"request:{client_request.request_id}"
+    record_usage(tenant=tenant, api_key=api_key, operation=operation, units=1, idempotency_key=usage_key)
 
 
 # --- Enrollment ------------------------------------------------------------------------------------------
@@ -275,9 +264,9 @@ def request_face_enrollment(
     """Queue the enrollment of the face in `image_bytes`; a retry with the same Idempotency-Key gets the job
     of its first request and creates nothing."""
     if client_request.idempotency_key:
-        earlier = claim_idempotency_key(tenant=tenant, client_request=client_request)
-        if earlier is not None:
-            return selectors.job_get(tenant=tenant, job_id=earlier.body["job_id"])
+        claim, first_use = claim_idempotency_key(tenant=tenant, client_request=client_request)
+        if not first_use:
+            return selectors.job_get(tenant=tenant, job_id=claim.body["job_id"])
     validate_image(image_bytes=image_bytes)
     check_quota(tenant=tenant, operation="enroll")
     gallery_faces, tenant_faces = selectors.face_counts(tenant=tenant, gallery=subject.gallery)
@@ -292,9 +281,8 @@ def request_face_enrollment(
         request_id=client_request.request_id,
     )
     if client_request.idempotency_key:
-        IdempotentRequest.objects.filter(tenant=tenant, key=client_request.idempotency_key).update(
-            status_code=202, body={"job_id": str(job.id)}
-        )
+        claim.status_code, claim.body = 202, {"job_id": str(job.id)}
+        claim.save(update_fields=["status_code", "body"])
     _dispatch_enrollment(job)
     return job
 

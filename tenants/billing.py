@@ -5,7 +5,8 @@ What is metered, and where (every call goes through `tenants.services.record_usa
 - enroll: 1 unit per face indexed, recorded by `identity.services.process_face_enrollment` in the same
   transaction that stores the face, keyed `job:<job id>`, so a redelivered task cannot bill twice.
 - identify, verify, detect: 1 unit per request (per image, not per face found), recorded after the work
-  succeeded, keyed `idempotency:<Idempotency-Key>` when the client sends one (so its retries count once),
+  succeeded, keyed `idempotency:<claim id>:<Idempotency-Key>` when the client sends one (so its retries count
+  once, and the key reused after it expired counts again),
   else `request:<request id>`. A request that fails (4xx, 5xx) raises before `record_usage` runs, or rolls
   back the transaction holding it, so it is never billed.
 - stored_face_months: the number of stored faces, recorded once per UTC day by the stored-faces snapshot

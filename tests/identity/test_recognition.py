@@ -1,12 +1,15 @@
+from datetime import timedelta
+
 import numpy as np
 import pytest
+from django.utils import timezone
 
 from identity.matching import default_threshold
-from identity.models import Gallery
-from identity.services import create_subject
+from identity.models import Gallery, IdempotentRequest
+from identity.services import create_subject, purge_expired_idempotency_keys
 from tenants.actors import Actor
 from tenants.models import UsageRecord
-from tenants.rls import tenant_transaction
+from tenants.rls import operator_transaction, tenant_transaction
 from tests.conftest import require_shared_data
 from tests.face_images import CartoonPerson, draw_face, encode, person_image
 from tests.identity.conftest import require_mask_synthesis, upload_file
@@ -248,6 +251,24 @@ def test_an_identify_whose_first_attempt_was_rejected_may_be_retried_with_the_sa
     assert corrected.status_code == 200
     with tenant_transaction(tenant_api.tenant.id):
         assert UsageRecord.objects.filter(operation="identify").count() == 1
+
+
+def test_a_key_reused_after_it_expired_serves_and_bills_a_new_call(tenant_api, enrolled):
+    gallery, _ = enrolled
+    path = f"/v1/galleries/{gallery['id']}/identify"
+    headers = {"Idempotency-Key": "door-1-frame-1"}
+    assert tenant_api.post(path, {"image": upload_file(person_image(21))}, headers=headers).status_code == 200
+    with operator_transaction():
+        IdempotentRequest.objects.filter(key="door-1-frame-1").update(
+            created_at=timezone.now() - timedelta(days=2)
+        )
+    purge_expired_idempotency_keys()
+
+    later = tenant_api.post(path, {"image": upload_file(person_image(22))}, headers=headers)
+
+    assert later.status_code == 200
+    with tenant_transaction(tenant_api.tenant.id):
+        assert UsageRecord.objects.filter(operation="identify").count() == 2
 
 
 def test_an_overlong_idempotency_key_is_a_validation_error(tenant_api):
