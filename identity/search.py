@@ -66,14 +66,7 @@ def nearest_templates(
     Runs inside the caller's tenant transaction; the explicit tenant filter duplicates what row-level
     security enforces, so that a policy mistake can never widen a search.
     """
-    sql, params = _nearest_query(tenant_id, gallery, embedding, limit, subject_id)
-    with (
-        transaction.atomic(),
-        connection.cursor() as cursor,
-        _search_settings(cursor, gallery=gallery, limit=limit, subject_id=subject_id),
-    ):
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, explain=False)
     hits = [
         TemplateHit(subject_id=row[0], face_id=row[1], kind=row[2], similarity=float(row[3])) for row in rows
     ]
@@ -91,17 +84,14 @@ def nearest_templates_plan(
     subject_id: uuid.UUID | None = None,
 ) -> list[str]:
     """The scans PostgreSQL chooses for `nearest_templates` with the same arguments (EXPLAIN lines)."""
-    sql, params = _nearest_query(tenant_id, gallery, embedding, limit, subject_id)
-    with (
-        transaction.atomic(),
-        connection.cursor() as cursor,
-        _search_settings(cursor, gallery=gallery, limit=limit, subject_id=subject_id),
-    ):
-        cursor.execute("EXPLAIN " + sql, params)
-        return [row[0].strip() for row in cursor.fetchall() if "Scan" in row[0]]
+    rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, explain=True)
+    return [row[0].strip() for row in rows if "Scan" in row[0]]
 
 
-def _nearest_query(tenant_id, gallery: Gallery, embedding: np.ndarray, limit: int, subject_id) -> tuple:
+def _nearest_rows(
+    tenant_id, gallery: Gallery, embedding: np.ndarray, limit: int, subject_id, *, explain: bool
+) -> list[tuple]:
+    """The rows of the nearest-templates query, or of its EXPLAIN, run with the search's planner settings."""
     # The gallery id is inlined (it is a UUID, never user text) so the planner can match the partial index.
     gallery_literal = str(uuid.UUID(str(gallery.id)))
     subject_filter = "AND subject_id = %(subject_id)s" if subject_id else ""
@@ -120,7 +110,13 @@ def _nearest_query(tenant_id, gallery: Gallery, embedding: np.ndarray, limit: in
         "subject_id": subject_id,
         "limit": limit,
     }
-    return sql, params
+    with (
+        transaction.atomic(),
+        connection.cursor() as cursor,
+        _search_settings(cursor, gallery=gallery, limit=limit, subject_id=subject_id),
+    ):
+        cursor.execute(("EXPLAIN " if explain else "") + sql, params)
+        return cursor.fetchall()
 
 
 @contextmanager

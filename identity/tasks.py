@@ -30,10 +30,10 @@ def enroll_face(self, *, job_id: str, tenant_id: str) -> str:
 
 
 @shared_task(name="maintenance.redispatch_stalled_jobs")
-def redispatch_stalled_jobs(*, stalled_after_seconds: float | None = None) -> int:
+def redispatch_stalled_jobs(
+    *, stalled_after_seconds: float = services.STALLED_JOB_AFTER.total_seconds()
+) -> int:
     """Beat task: jobs whose message was lost with a killed worker are sent again."""
-    if stalled_after_seconds is None:
-        return services.redispatch_stalled_jobs()
     return services.redispatch_stalled_jobs(stalled_for=timedelta(seconds=stalled_after_seconds))
 
 

@@ -56,11 +56,17 @@ def quota_usage_this_month(*, tenant: Tenant, now: datetime | None = None) -> di
         .values_list("operation", "units")
     )
     return {
-        operation: QuotaUsage(
-            used=billing.month_units(
-                operation=operation, ledger_units=used.get(operation, 0), month_start=month.start
-            ),
-            included=tenant.plan.included_units(operation),
+        operation: QuotaUsage(used=units, included=tenant.plan.included_units(operation))
+        for operation, units in _in_plan_units(used, month_start=month.start).items()
+    }
+
+
+def _in_plan_units(ledger_units: dict[str, int], *, month_start: datetime) -> dict[str, int]:
+    """A month's ledger units per operation (zero where none) in the units plans count: face-months for
+    stored faces, as quotas and invoices count them."""
+    return {
+        operation: billing.month_units(
+            operation=operation, ledger_units=ledger_units.get(operation) or 0, month_start=month_start
         )
         for operation in Operation.values
     }
@@ -87,15 +93,10 @@ def tenants_with_usage_this_month(*, now: datetime | None = None) -> QuerySet[Te
 def usage_annotations(tenant: Tenant, *, now: datetime | None = None) -> dict[str, int]:
     """This month's units per operation of a tenant from `tenants_with_usage_this_month`, in the plan's
     units (face-months for stored faces, as its quota and invoice count them), zero where none."""
-    month_start = calendar_month(now or timezone.now()).start
-    return {
-        operation: billing.month_units(
-            operation=operation,
-            ledger_units=getattr(tenant, _usage_field(operation)) or 0,
-            month_start=month_start,
-        )
-        for operation in Operation.values
-    }
+    return _in_plan_units(
+        {operation: getattr(tenant, _usage_field(operation)) for operation in Operation.values},
+        month_start=calendar_month(now or timezone.now()).start,
+    )
 
 
 @dataclass(frozen=True)
