@@ -210,11 +210,20 @@ class WebhookDelivery(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     attempts = models.JSONField(default=list)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When its first delivery task was last sent to the broker: one never attempted long after is sent again.
+    dispatched_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["tenant", "event_type", "source_id"], name="webhook_event_once")
+        ]
+        indexes = [
+            models.Index(
+                fields=["dispatched_at"],
+                condition=models.Q(status="pending", attempts=[]),
+                name="identity_webhook_unattempted",
+            )
         ]
 
     def __str__(self) -> str:

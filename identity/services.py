@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from identity import search, selectors
+from identity import search, selectors, webhooks
 from identity.face_pipeline import get_face_pipeline, pipeline_for_model_version
 from identity.matching import Candidate, default_threshold, rank_subjects
 from identity.models import (
@@ -515,10 +515,14 @@ def _store_templates(*, face: Face, template_sets: list[TemplateSet]) -> None:
 
 
 def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict | None) -> Job:
-    from identity.tasks import deliver_job_event
+    from identity.tasks import deliver_webhook
 
     with tenant_transaction(tenant_id):
-        job = Job.objects.select_for_update().get(id=job_id, tenant_id=tenant_id)
+        job = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("tenant")
+            .get(id=job_id, tenant_id=tenant_id)
+        )
         if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
             return job
         job.status = Job.Status.FAILED if error else Job.Status.SUCCEEDED
@@ -531,7 +535,11 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
             transaction.on_commit(
                 lambda: _maybe_build_ann_index(gallery_id=str(face.gallery_id), tenant_id=tenant_id)
             )
-        transaction.on_commit(lambda: deliver_job_event.delay(job_id=job_id, tenant_id=tenant_id))
+        delivery_id = webhooks.record_job_event(job=job)
+        if delivery_id is not None:
+            transaction.on_commit(
+                lambda: deliver_webhook.delay(delivery_id=str(delivery_id), tenant_id=tenant_id)
+            )
     return job
 
 

@@ -91,11 +91,14 @@ def drop_gallery_ann_index(*, gallery_id: str) -> None:
     search.drop_ann_index(gallery_id=gallery_id)
 
 
-@shared_task(name="webhooks.deliver_job_event")
-def deliver_job_event(*, job_id: str, tenant_id: str) -> None:
-    delivery_id = webhooks.record_job_event(job_id=job_id, tenant_id=tenant_id)
-    if delivery_id is not None:
-        deliver_webhook.delay(delivery_id=str(delivery_id), tenant_id=tenant_id)
+@shared_task(name="maintenance.redispatch_unattempted_webhooks")
+def redispatch_unattempted_webhooks(
+    *, unattempted_after_seconds: float = webhooks.UNATTEMPTED_DELIVERY_AFTER.total_seconds()
+) -> int:
+    """Beat task: webhook deliveries whose first task was lost are sent again."""
+    return webhooks.redispatch_unattempted_deliveries(
+        unattempted_for=timedelta(seconds=unattempted_after_seconds)
+    )
 
 
 @shared_task(name="webhooks.deliver_webhook", bind=True, max_retries=webhooks.MAX_ATTEMPTS - 1)

@@ -10,6 +10,7 @@ import hmac
 import json
 import time
 import uuid
+from datetime import timedelta
 
 import httpx
 from django.db import IntegrityError, transaction
@@ -17,11 +18,13 @@ from django.utils import timezone
 
 from identity.models import Job, WebhookDelivery
 from identity.serializers import job_representation
-from tenants.rls import tenant_transaction
+from tenants.rls import operator_transaction, tenant_transaction
 
 SIGNATURE_HEADER = "Visor-Signature"
 DELIVERY_TIMEOUT_SECONDS = 10.0
 MAX_ATTEMPTS = 8
+UNATTEMPTED_DELIVERY_AFTER = timedelta(minutes=10)
+UNATTEMPTED_DELIVERIES_PER_SWEEP = 500
 
 
 class DeliveryFailed(Exception):
@@ -33,30 +36,33 @@ def sign(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def record_job_event(*, job_id: str, tenant_id: str) -> uuid.UUID | None:
-    """Create the job's event once, if its tenant has a webhook; returns the delivery to attempt."""
-    with tenant_transaction(tenant_id):
-        job = Job.objects.select_related("tenant").defer("input_image").get(id=job_id, tenant_id=tenant_id)
-        url = job.tenant.webhook_url
-        if not url or job.status not in (Job.Status.SUCCEEDED, Job.Status.FAILED):
-            return None
-        event_type = f"job.{job.status}"
-        payload = {
-            "id": str(uuid.uuid5(job.id, event_type)),
-            "type": event_type,
-            "created_at": timezone.now().isoformat(),
-            "data": {"job": job_representation(job)},
-        }
-        try:
-            with transaction.atomic():
-                delivery = WebhookDelivery.objects.create(
-                    tenant=job.tenant, event_type=event_type, source_id=str(job.id), url=url, payload=payload
-                )
-        except IntegrityError:
-            delivery = WebhookDelivery.objects.get(
-                tenant=job.tenant, event_type=event_type, source_id=str(job.id)
+def record_job_event(*, job: Job) -> uuid.UUID | None:
+    """The finished job's event, created once if its tenant has a webhook; returns the delivery to attempt.
+
+    Call it inside the transaction that finishes the job (with `job.tenant` loaded): the event commits
+    with the outcome it announces, so a worker that dies after the commit cannot lose it
+    (`redispatch_pending_deliveries` sends a delivery whose task never ran).
+    """
+    url = job.tenant.webhook_url
+    if not url or job.status not in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+        return None
+    event_type = f"job.{job.status}"
+    payload = {
+        "id": str(uuid.uuid5(job.id, event_type)),
+        "type": event_type,
+        "created_at": timezone.now().isoformat(),
+        "data": {"job": job_representation(job)},
+    }
+    try:
+        with transaction.atomic():
+            delivery = WebhookDelivery.objects.create(
+                tenant=job.tenant, event_type=event_type, source_id=str(job.id), url=url, payload=payload
             )
-        return delivery.id
+    except IntegrityError:
+        delivery = WebhookDelivery.objects.get(
+            tenant=job.tenant, event_type=event_type, source_id=str(job.id)
+        )
+    return delivery.id
 
 
 def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
@@ -93,3 +99,34 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
     if not delivered and delivery.status == WebhookDelivery.Status.PENDING:
         raise DeliveryFailed(attempt.get("error") or f"HTTP {attempt.get('status_code')}")
     return delivered
+
+
+def redispatch_unattempted_deliveries(
+    *,
+    unattempted_for: timedelta = UNATTEMPTED_DELIVERY_AFTER,
+    batch_size: int = UNATTEMPTED_DELIVERIES_PER_SWEEP,
+) -> int:
+    """Send again the task of every pending delivery never attempted `unattempted_for` after its task was last
+    sent, oldest first and at most `batch_size` a sweep; returns how many. Its task went with a killed worker
+    or a broker outage; later attempts are the task's own retries. A delivery that was only slow is attempted
+    once more at worst, and receivers deduplicate on Visor-Event-Id."""
+    from identity.tasks import deliver_webhook
+
+    now = timezone.now()
+    with operator_transaction():
+        unattempted = list(
+            WebhookDelivery.objects.select_for_update(skip_locked=True)
+            .filter(
+                status=WebhookDelivery.Status.PENDING, attempts=[], dispatched_at__lt=now - unattempted_for
+            )
+            .order_by("dispatched_at")
+            .values_list("id", "tenant_id")[:batch_size]
+        )
+        WebhookDelivery.objects.filter(id__in=[delivery_id for delivery_id, _ in unattempted]).update(
+            dispatched_at=now
+        )
+        for delivery_id, tenant_id in unattempted:
+            transaction.on_commit(
+                lambda d=delivery_id, t=tenant_id: deliver_webhook.delay(delivery_id=str(d), tenant_id=str(t))
+            )
+    return len(unattempted)

@@ -32,6 +32,10 @@ app.conf.task_routes = {
 app.autodiscover_tasks(["workers", "identity", "tenants"])
 app.conf.beat_schedule = {
     "redispatch-stalled-jobs": {"task": "maintenance.redispatch_stalled_jobs", "schedule": 60},
+    "redispatch-unattempted-webhooks": {
+        "task": "maintenance.redispatch_unattempted_webhooks",
+        "schedule": 60,
+    },
     "purge-expired-idempotency-keys": {
         "task": "maintenance.purge_expired_idempotency_keys",
         "schedule": 3600,

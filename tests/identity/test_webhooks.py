@@ -3,10 +3,14 @@ import hmac
 import json
 import threading
 import time
+import uuid
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from django.utils import timezone
 
+from identity import webhooks
 from identity.models import WebhookDelivery
 from tenants.rls import operator_transaction
 from tests.face_images import person_image
@@ -80,3 +84,87 @@ def test_a_finished_job_is_announced_with_a_verifiable_signature_and_retried_aft
         delivery = WebhookDelivery.objects.get(source_id=event["data"]["job"]["id"])
     assert delivery.status == "delivered"
     assert [attempt.get("status_code") for attempt in delivery.attempts] == [503, 204]
+
+
+@pytest.fixture
+def reliable_receiver():
+    endpoint = Receiver()
+    yield endpoint
+    endpoint.server.shutdown()
+
+
+def _set_webhook(tenant, url: str) -> None:
+    with operator_transaction():
+        tenant.webhook_url = url
+        tenant.save(update_fields=["webhook_url"])
+
+
+def test_the_event_is_recorded_in_the_transaction_that_finishes_the_job(tenant_api, reliable_receiver):
+    _set_webhook(tenant_api.tenant, reliable_receiver.url)
+    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
+
+    response = tenant_api.enroll(subject["id"], person_image(62))
+
+    assert response.status_code == 201
+    # No task stands between the finished job and its event: it is there the moment the job is.
+    with operator_transaction():
+        (delivery,) = WebhookDelivery.objects.filter(tenant=tenant_api.tenant)
+    assert delivery.event_type == "job.succeeded"
+    assert delivery.payload["data"]["job"]["result"]["face"]["id"] == response.json()["id"]
+    assert len(reliable_receiver.wait_for(1)) == 1
+
+
+def test_a_tenant_without_a_webhook_gets_no_events(tenant_api):
+    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
+
+    assert tenant_api.enroll(subject["id"], person_image(63)).status_code == 201
+
+    with operator_transaction():
+        assert not WebhookDelivery.objects.filter(tenant=tenant_api.tenant).exists()
+
+
+def _unattempted_delivery(tenant, url: str, *, dispatched_minutes_ago: float) -> WebhookDelivery:
+    event_id = str(uuid.uuid4())
+    with operator_transaction():
+        return WebhookDelivery.objects.create(
+            tenant=tenant,
+            event_type="job.succeeded",
+            source_id=event_id,
+            url=url,
+            payload={"id": event_id, "type": "job.succeeded", "data": {}},
+            dispatched_at=timezone.now() - timedelta(minutes=dispatched_minutes_ago),
+        )
+
+
+def _delivery(delivery_id) -> WebhookDelivery:
+    with operator_transaction():
+        return WebhookDelivery.objects.get(id=delivery_id)
+
+
+def test_a_delivery_whose_task_was_lost_is_sent_again_by_the_sweep(tenant_api, reliable_receiver):
+    lost = _unattempted_delivery(tenant_api.tenant, reliable_receiver.url, dispatched_minutes_ago=30)
+    recent = _unattempted_delivery(tenant_api.tenant, reliable_receiver.url, dispatched_minutes_ago=1)
+
+    assert webhooks.redispatch_unattempted_deliveries() == 1
+
+    [(headers, body)] = reliable_receiver.wait_for(1)
+    assert json.loads(body)["id"] == lost.payload["id"] == headers["Visor-Event-Id"]
+    assert _delivery(lost.id).status == WebhookDelivery.Status.DELIVERED
+    # One sent a minute ago may be waiting in the queue: it is left alone.
+    assert (_delivery(recent.id).attempts, _delivery(recent.id).dispatched_at) == ([], recent.dispatched_at)
+    assert webhooks.redispatch_unattempted_deliveries() == 0
+
+
+def test_the_sweep_sends_at_most_its_batch_oldest_first(tenant_api, reliable_receiver):
+    url = reliable_receiver.url
+    oldest = _unattempted_delivery(tenant_api.tenant, url, dispatched_minutes_ago=50)
+    older = _unattempted_delivery(tenant_api.tenant, url, dispatched_minutes_ago=40)
+    old = _unattempted_delivery(tenant_api.tenant, url, dispatched_minutes_ago=30)
+
+    assert webhooks.redispatch_unattempted_deliveries(batch_size=2) == 2
+
+    received = reliable_receiver.wait_for(2)
+    assert sorted(json.loads(body)["id"] for _, body in received) == sorted(
+        [oldest.payload["id"], older.payload["id"]]
+    )
+    assert _delivery(old.id).dispatched_at == old.dispatched_at

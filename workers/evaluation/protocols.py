@@ -552,15 +552,13 @@ def _predict(classifier, extractor: Extractor, dataset: str, keys: list[str]) ->
         return np.zeros(0, bool)
     if isinstance(classifier, _LinearProbe):
         return classifier.predict_keys(dataset, keys)
-    # The pipeline's classifier sees what it sees in production: the aligned crop and the SFace embedding.
+    # The pipeline's classifier sees what it sees in production: the lower-face activations of the run that
+    # embeds the aligned crop.
     out = []
     store = extractor.faces(dataset)
-    embeddings = extractor.embedding_store(dataset)
     for start in range(0, len(keys), 256):
-        block = keys[start : start + 256]
-        crops = store.crops(block)
-        predictions = classifier.predict(list(crops), embeddings.get(block))
-        out.extend(bool(masked) for masked, _ in predictions)
+        lower_face = extractor.pipeline.embedder.describe(store.crops(keys[start : start + 256])).lower_face
+        out.extend(bool(masked) for masked, _ in classifier.predict(lower_face))
     return np.array(out, bool)
 
 

@@ -94,6 +94,10 @@ class EmbeddingConfig:
 
     The defaults describe SFace (RGB, raw 0..255 values); a replacement model with the same interface only
     needs a different path, name and, if it was trained so, a different channel order or normalisation.
+
+    `lower_face_tensor` names a (N, C, H, W) feature map inside the network that the mask classifier reads
+    (workers/pipeline/mask_classifier.py); None turns mask classification off. SFace's `conv_12_relu` is
+    also the student's: distillation left conv_1 .. conv_12 as they are.
     """
 
     model_path: Path = DEFAULT_MODEL_DIR / SFACE_FILE
@@ -101,6 +105,7 @@ class EmbeddingConfig:
     channel_order: str = "rgb"
     input_mean: float = 0.0
     input_scale: float = 1.0
+    lower_face_tensor: str | None = "conv_12_relu"
 
 
 # The embedding models the service can run, by the name VISOR_EMBEDDING_MODEL takes. Both share SFace's input

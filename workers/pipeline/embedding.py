@@ -4,15 +4,30 @@ The interface: one NCHW float32 input of (batch, 3, S, S) and one (batch, D) out
 normalisation are parameters (SFace wants RGB with raw 0..255 values, which is what OpenCV's
 FaceRecognizerSF feeds it via blobFromImage(swapRB=true)); the model's batch dimension is freed at load time
 when the export pinned it to 1, so a whole batch is always one session.run call.
+
+The same call can also return what the mask classifier reads: the lower-face rows of one of the network's
+feature maps (`lower_face_tensor`), averaged to one vector per face. The network has already looked at the
+nose, mouth and chin there; reading its activations costs a copy, not another model run.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from workers.pipeline.config import EmbeddingConfig
 from workers.pipeline.onnx_session import LoadedModel, load_model
+
+# Where the lower face starts, as a fraction of the feature map's height: the nose tip of the 112x112 ArcFace
+# template is at y 72 (0.64); on SFace's 14x14 conv_12 map this keeps rows 8 to 13, nose to chin.
+LOWER_FACE_FROM = 4 / 7
+
+
+@dataclass(frozen=True, eq=False)
+class FaceDescriptors:
+    embeddings: np.ndarray  # (N, D) float32, L2-normalised
+    lower_face: np.ndarray  # (N, C) float32: the lower-face rows of the feature map, averaged per channel
 
 
 class FaceEmbedder:
@@ -27,6 +42,7 @@ class FaceEmbedder:
         channel_order: str = "rgb",
         input_mean: float = 0.0,
         input_scale: float = 1.0,
+        lower_face_tensor: str | None = None,
     ) -> None:
         if channel_order not in {"rgb", "bgr"}:
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
@@ -40,6 +56,7 @@ class FaceEmbedder:
         self._swap_to_rgb = channel_order == "rgb"
         self._input_mean = np.float32(input_mean)
         self._input_scale = np.float32(input_scale)
+        self.lower_face_tensor = lower_face_tensor
         self._model: LoadedModel | None = None
 
     @classmethod
@@ -60,6 +77,7 @@ class FaceEmbedder:
             channel_order=config.channel_order,
             input_mean=config.input_mean,
             input_scale=config.input_scale,
+            lower_face_tensor=config.lower_face_tensor,
         )
 
     @property
@@ -88,6 +106,31 @@ class FaceEmbedder:
         session = self._loaded().session
         if len(crops) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        (embeddings,) = session.run([session.get_outputs()[0].name], self._feed(crops))
+        return l2_normalise(embeddings.astype(np.float32, copy=False))
+
+    def describe(self, crops: Sequence[np.ndarray] | np.ndarray) -> FaceDescriptors:
+        """Embeddings and lower-face activations of N aligned BGR uint8 crops, in one session.run call."""
+        if self.lower_face_tensor is None:
+            raise ValueError(f"{self.model_name} is configured without a lower_face_tensor")
+        session = self._loaded().session
+        if len(crops) == 0:
+            channels = session.get_outputs()[-1].shape[1]
+            return FaceDescriptors(
+                np.zeros((0, self.embedding_dim), np.float32),
+                np.zeros((0, channels if isinstance(channels, int) else 0), np.float32),
+            )
+        embeddings, feature_map = session.run(
+            [session.get_outputs()[0].name, self.lower_face_tensor], self._feed(crops)
+        )
+        first_row = round(feature_map.shape[2] * LOWER_FACE_FROM)
+        return FaceDescriptors(
+            l2_normalise(embeddings.astype(np.float32, copy=False)),
+            feature_map[:, :, first_row:, :].mean(axis=(2, 3), dtype=np.float32),
+        )
+
+    def _feed(self, crops: Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        session = self._loaded().session
         batch = np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else np.stack(crops)
         side = self.input_size
         if batch.dtype != np.uint8 or batch.shape[1:] != (side, side, 3):
@@ -101,12 +144,16 @@ class FaceEmbedder:
             tensor -= self._input_mean
         if self._input_scale != 1:
             tensor *= self._input_scale
-        (embeddings,) = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: tensor})
-        return l2_normalise(embeddings.astype(np.float32, copy=False))
+        return {session.get_inputs()[0].name: tensor}
 
     def _loaded(self) -> LoadedModel:
         if self._model is None:
-            self._model = load_model(self.model_path, free_batch_dimension=True, **self._runtime_options)
+            self._model = load_model(
+                self.model_path,
+                free_batch_dimension=True,
+                extra_outputs=(self.lower_face_tensor,) if self.lower_face_tensor else (),
+                **self._runtime_options,
+            )
         return self._model
 
 

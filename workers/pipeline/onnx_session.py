@@ -3,7 +3,9 @@
 Models exported from older frameworks (SFace comes from MXNet) list every weight as an overridable graph
 input and pin the batch dimension to 1. The first stops onnxruntime from folding batch norms into the
 convolutions; the second forbids batched inference. Both are fixed here, in memory, by rewriting the few
-protobuf fields involved: the `onnx` package is not a dependency and the weights are left untouched.
+protobuf fields involved: the `onnx` package is not a dependency and the weights are left untouched. The same
+rewrite can expose intermediate tensors as extra outputs (the mask classifier reads one of the embedding
+network's feature maps from the run that computes the embedding).
 """
 
 import hashlib
@@ -21,6 +23,8 @@ BATCH_DIMENSION_NAME = "batch"
 
 # ONNX protobuf field numbers (onnx/onnx.proto), only those rewritten here.
 _MODEL_GRAPH = 7
+_GRAPH_NODE = 1
+_NODE_OUTPUT = 2
 _GRAPH_INITIALIZER = 5
 _GRAPH_INPUT = 11
 _GRAPH_OUTPUT = 12
@@ -44,7 +48,7 @@ class LoadedModel:
         return self.sha256[:12]
 
 
-_sessions: dict[tuple[int, Path, int, int, bool, bool], LoadedModel] = {}
+_sessions: dict[tuple[int, Path, int, int, bool, bool, tuple[str, ...]], LoadedModel] = {}
 _sessions_lock = threading.Lock()
 
 
@@ -55,8 +59,10 @@ def load_model(
     inter_op_threads: int,
     thread_spinning: bool = False,
     free_batch_dimension: bool = False,
+    extra_outputs: tuple[str, ...] = (),
 ) -> LoadedModel:
-    """The process-wide session for `path`, created on first use.
+    """The process-wide session for `path`, created on first use, with `extra_outputs` (names of intermediate
+    tensors) added after the model's own outputs.
 
     The key includes the process id: a session created before a fork (Celery's prefork pool) must not be
     shared with the child, whose copy of onnxruntime's thread pool is dead.
@@ -66,11 +72,19 @@ def load_model(
     the CPU the busy ones need (measured: SFace 2-3x slower on 2 oversubscribed cores), hence off by default.
     """
     path = Path(path).resolve()
-    key = (os.getpid(), path, intra_op_threads, inter_op_threads, thread_spinning, free_batch_dimension)
+    key = (
+        os.getpid(),
+        path,
+        intra_op_threads,
+        inter_op_threads,
+        thread_spinning,
+        free_batch_dimension,
+        tuple(extra_outputs),
+    )
     with _sessions_lock:
         if key not in _sessions:
             _sessions[key] = _create(
-                path, intra_op_threads, inter_op_threads, thread_spinning, free_batch_dimension
+                path, intra_op_threads, inter_op_threads, thread_spinning, free_batch_dimension, extra_outputs
             )
         return _sessions[key]
 
@@ -81,6 +95,7 @@ def _create(
     inter_op_threads: int,
     thread_spinning: bool,
     free_batch_dimension: bool,
+    extra_outputs: tuple[str, ...],
 ) -> LoadedModel:
     try:
         model_bytes = path.read_bytes()
@@ -95,15 +110,20 @@ def _create(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if thread_spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if thread_spinning else "0")
     try:
-        prepared = prepare_model(model_bytes, free_batch_dimension=free_batch_dimension)
+        prepared = prepare_model(
+            model_bytes, free_batch_dimension=free_batch_dimension, extra_outputs=extra_outputs
+        )
         session = ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
     except Exception as error:
         raise ModelUnavailable(f"cannot load model {path}: {error}") from error
     return LoadedModel(session=session, sha256=hashlib.sha256(model_bytes).hexdigest())
 
 
-def prepare_model(model_bytes: bytes, *, free_batch_dimension: bool) -> bytes:
-    """`model_bytes` with weights removed from the graph inputs and, if asked, a symbolic batch dimension.
+def prepare_model(
+    model_bytes: bytes, *, free_batch_dimension: bool, extra_outputs: tuple[str, ...] = ()
+) -> bytes:
+    """`model_bytes` with weights removed from the graph inputs and, if asked, a symbolic batch dimension and
+    intermediate tensors as extra outputs (ValueError if a node of the graph makes none of that name).
 
     Intermediate shape annotations (value_info) are dropped when the batch is freed, since they may still
     say 1; onnxruntime infers them again.
@@ -112,16 +132,26 @@ def prepare_model(model_bytes: bytes, *, free_batch_dimension: bool) -> bytes:
     rewritten = []
     for number, wire_type, value in model_fields:
         if number == _MODEL_GRAPH and wire_type == protobuf_wire.WIRE_BYTES:
-            value = _prepare_graph(value, free_batch_dimension)
+            value = _prepare_graph(value, free_batch_dimension, extra_outputs)
         rewritten.append((number, wire_type, value))
     return protobuf_wire.serialise(rewritten)
 
 
-def _prepare_graph(graph: bytes, free_batch_dimension: bool) -> bytes:
+def _prepare_graph(graph: bytes, free_batch_dimension: bool, extra_outputs: tuple[str, ...]) -> bytes:
     fields = protobuf_wire.parse(graph)
     weight_names = {
         _string_field(value, _TENSOR_NAME) for number, _, value in fields if number == _GRAPH_INITIALIZER
     }
+    node_outputs = {
+        output.decode("utf-8")
+        for number, _, node in fields
+        if number == _GRAPH_NODE
+        for field_number, _, output in protobuf_wire.parse(node)
+        if field_number == _NODE_OUTPUT
+    }
+    unknown = sorted(set(extra_outputs) - node_outputs)
+    if unknown:
+        raise ValueError(f"the model has no intermediate tensors named {unknown}")
     rewritten = []
     for number, wire_type, value in fields:
         if number == _GRAPH_INPUT:
@@ -134,6 +164,16 @@ def _prepare_graph(graph: bytes, free_batch_dimension: bool) -> bytes:
         elif number == _GRAPH_VALUE_INFO and free_batch_dimension:
             continue
         rewritten.append((number, wire_type, value))
+    last_output = max(index for index, (number, _, _) in enumerate(rewritten) if number == _GRAPH_OUTPUT)
+    # A name alone is a valid output declaration: onnxruntime infers the type and shape.
+    rewritten[last_output + 1 : last_output + 1] = [
+        (
+            _GRAPH_OUTPUT,
+            protobuf_wire.WIRE_BYTES,
+            protobuf_wire.serialise([(_VALUE_INFO_NAME, protobuf_wire.WIRE_BYTES, name.encode())]),
+        )
+        for name in extra_outputs
+    ]
     return protobuf_wire.serialise(rewritten)
 
 

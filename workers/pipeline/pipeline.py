@@ -1,6 +1,7 @@
 """The face pipeline: image bytes in; faces with boxes, landmarks, quality, mask state and embeddings out.
 
-decode -> detect -> align -> quality -> embed (one batched call for every face of the request) -> mask.
+decode -> detect -> align -> quality -> embed (one batched call for every face of the request, which also
+yields the lower-face activations) -> mask.
 Sessions are created once per process (see onnx_session), so building several FacePipeline objects with
 the same configuration is cheap; the pipeline itself holds no per-request state and is thread-safe.
 """
@@ -30,8 +31,11 @@ Purpose = Literal["enroll", "identify"]
 
 
 class MaskClassifier(Protocol):
-    def predict(self, aligned_crops: list[np.ndarray], embeddings: np.ndarray) -> list[tuple[bool, float]]:
-        """(masked, probability of a mask) per aligned 112x112 BGR uint8 crop and its embedding."""
+    # The feature map it reads; the embedding model must expose it (EmbeddingConfig.lower_face_tensor).
+    lower_face_tensor: str
+
+    def predict(self, lower_face: np.ndarray) -> list[tuple[bool, float]]:
+        """(masked, probability of a mask) per row of FaceDescriptors.lower_face."""
         ...
 
 
@@ -125,6 +129,12 @@ class FacePipeline:
         self.detector = FaceDetector(config.detection, **runtime_options)
         self.embedder = FaceEmbedder.from_config(config.embedding, **runtime_options)
         self.embedder.load()
+        tensor = config.embedding.lower_face_tensor
+        if mask_classifier is not None and mask_classifier.lower_face_tensor != tensor:
+            raise ValueError(
+                f"the mask classifier reads {mask_classifier.lower_face_tensor!r}, the embedding model is "
+                f"configured with {tensor!r}"
+            )
         self.mask_classifier = mask_classifier
 
     @property
@@ -158,10 +168,14 @@ class FacePipeline:
         crops = [crop for item in ready for crop in item.crops]
 
         started = time.perf_counter()
-        embeddings = self.embedder.embed(crops)
+        if self.mask_classifier is None:
+            embeddings, lower_face = self.embedder.embed(crops), None
+        else:
+            descriptors = self.embedder.describe(crops)
+            embeddings, lower_face = descriptors.embeddings, descriptors.lower_face
         embed_ms = _elapsed_ms(started)
         started = time.perf_counter()
-        masks = self._classify_masks(crops, embeddings)
+        masks = self._classify_masks(lower_face, len(crops))
         mask_ms = _elapsed_ms(started)
 
         results: list[ImageAnalysis | ImageRejected] = []
@@ -260,14 +274,12 @@ class FacePipeline:
             quality_ms=quality_ms,
         )
 
-    def _classify_masks(self, crops: list[np.ndarray], embeddings: np.ndarray) -> list[MaskPrediction | None]:
-        if self.mask_classifier is None or not crops:
-            return [None] * len(crops)
-        predictions = self.mask_classifier.predict(crops, embeddings)
-        if len(predictions) != len(crops):
-            raise RuntimeError(
-                f"the mask classifier answered {len(predictions)} times for {len(crops)} faces"
-            )
+    def _classify_masks(self, lower_face: np.ndarray | None, faces: int) -> list[MaskPrediction | None]:
+        if self.mask_classifier is None or lower_face is None or not faces:
+            return [None] * faces
+        predictions = self.mask_classifier.predict(lower_face)
+        if len(predictions) != faces:
+            raise RuntimeError(f"the mask classifier answered {len(predictions)} times for {faces} faces")
         return [MaskPrediction(masked=bool(masked), probability=float(p)) for masked, p in predictions]
 
 

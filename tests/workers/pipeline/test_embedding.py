@@ -126,3 +126,52 @@ def test_one_session_per_model_and_process(embedder, pipeline_config):
 def test_missing_model_is_a_deployment_error(tmp_path):
     with pytest.raises(ModelUnavailable, match="cannot read model"):
         FaceEmbedder(tmp_path / "absent.onnx").embed([])
+
+
+def test_describe_adds_the_lower_face_activations_to_the_same_embeddings_in_one_run(
+    embedder, crops, monkeypatch
+):
+    runs = []
+    original_run = ort.InferenceSession.run
+
+    def counting_run(self, output_names, feed, *args, **kwargs):
+        runs.append(list(output_names))
+        return original_run(self, output_names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
+    descriptors = embedder.describe(crops)
+
+    assert runs == [["fc1", "conv_12_relu"]]
+    np.testing.assert_array_equal(descriptors.embeddings, embedder.embed(crops))
+    assert descriptors.lower_face.shape == (3, 512)
+    assert descriptors.lower_face.dtype == np.float32
+    assert (descriptors.lower_face >= 0).mean() > 0.5  # PReLU activations, mostly positive
+    assert np.abs(descriptors.lower_face[0] - descriptors.lower_face[1]).max() > 0.01
+
+
+def test_lower_face_is_the_mean_of_the_feature_map_from_the_nose_down(embedder, face_crop):
+    session = embedder._loaded().session
+    tensor = face_crop[np.newaxis, ..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+    (feature_map,) = session.run(["conv_12_relu"], {session.get_inputs()[0].name: tensor})
+
+    assert feature_map.shape == (1, 512, 14, 14)
+    np.testing.assert_allclose(
+        embedder.describe([face_crop]).lower_face[0], feature_map[0, :, 8:, :].mean(axis=(1, 2)), rtol=1e-5
+    )
+
+
+def test_describe_of_no_crops_is_empty(embedder):
+    descriptors = embedder.describe([])
+    assert descriptors.embeddings.shape == (0, 128)
+    assert len(descriptors.lower_face) == 0
+
+
+def test_a_lower_face_tensor_the_model_lacks_is_a_deployment_error(pipeline_config):
+    embedder = FaceEmbedder(pipeline_config.embedding.model_path, lower_face_tensor="no_such_layer")
+    with pytest.raises(ModelUnavailable, match="no_such_layer"):
+        embedder.load()
+
+
+def test_describe_needs_a_lower_face_tensor(pipeline_config, crops):
+    with pytest.raises(ValueError, match="lower_face_tensor"):
+        FaceEmbedder(pipeline_config.embedding.model_path).describe(crops)

@@ -23,14 +23,16 @@ from workers.pipeline.quality import QualityIssue
 
 
 class RecordingMaskClassifier:
+    lower_face_tensor = "conv_12_relu"
+
     def __init__(self, answer: tuple[bool, float] = (True, 0.87), extra_answers: int = 0) -> None:
         self.answer = answer
         self.extra_answers = extra_answers
-        self.calls: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self.calls: list[np.ndarray] = []
 
-    def predict(self, aligned_crops, embeddings):
-        self.calls.append((aligned_crops, embeddings))
-        return [self.answer] * (len(aligned_crops) + self.extra_answers)
+    def predict(self, lower_face):
+        self.calls.append(lower_face)
+        return [self.answer] * (len(lower_face) + self.extra_answers)
 
 
 def three_faces_photo() -> np.ndarray:
@@ -153,18 +155,26 @@ def test_batch_embeds_every_face_in_one_call_and_matches_single_analysis(face_pi
             np.testing.assert_allclose(batched_face.embedding, single_face.embedding, atol=1e-5)
 
 
-def test_mask_classifier_sees_every_crop_with_its_embedding(pipeline_config):
+def test_mask_classifier_sees_the_lower_face_of_every_crop_from_the_embedding_run(pipeline_config):
     classifier = RecordingMaskClassifier(answer=(True, 0.87))
     pipeline = FacePipeline(pipeline_config, mask_classifier=classifier)
 
     analysis = pipeline.analyze(encode(three_faces_photo(), "PNG"), purpose="identify")
 
-    ((crops, embeddings),) = classifier.calls
-    assert len(crops) == 3
-    assert all(crop.shape == (112, 112, 3) and crop.dtype == np.uint8 for crop in crops)
-    np.testing.assert_array_equal(embeddings, np.stack([face.embedding for face in analysis.faces]))
+    (lower_face,) = classifier.calls
+    crops = np.stack([face.aligned_crop for face in analysis.faces])
+    np.testing.assert_array_equal(lower_face, pipeline.embedder.describe(crops).lower_face)
+    assert lower_face.shape == (3, 512)
     assert [face.mask for face in analysis.faces] == [MaskPrediction(masked=True, probability=0.87)] * 3
     assert analysis.timings.mask_ms > 0
+
+
+def test_a_mask_classifier_reading_another_feature_map_is_refused(pipeline_config):
+    classifier = RecordingMaskClassifier()
+    classifier.lower_face_tensor = "conv_6_relu"
+
+    with pytest.raises(ValueError, match="conv_6_relu"):
+        FacePipeline(pipeline_config, mask_classifier=classifier)
 
 
 def test_a_mask_classifier_answering_the_wrong_number_of_faces_is_caught(pipeline_config):

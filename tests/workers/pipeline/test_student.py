@@ -101,6 +101,15 @@ def test_student_embeddings_are_normalised_deterministic_and_not_the_teachers(te
         assert agreement.min() > 0.3
 
 
+def test_student_shares_sfaces_lower_face_activations(teacher_path, student_path):
+    """Distillation left conv_1 .. conv_12 as they were, so one mask classifier serves both models."""
+    student = FaceEmbedder(student_path, lower_face_tensor="conv_12_relu")
+    teacher = FaceEmbedder(teacher_path, lower_face_tensor="conv_12_relu")
+    crops = aligned_faces(True)
+
+    np.testing.assert_array_equal(student.describe(crops).lower_face, teacher.describe(crops).lower_face)
+
+
 def test_embedding_config_differs_from_sface_only_in_file_and_name():
     config = embedding_config("student", DEFAULT_MODEL_DIR)
     assert config.model_path == DEFAULT_MODEL_DIR / "visor-masked-student.onnx"

@@ -5,13 +5,11 @@ import pytest
 
 from tests.conftest import require_shared_data
 from workers.pipeline.alignment import ARCFACE_TEMPLATE
-from workers.pipeline.mask_classifier import FEATURE_GROUPS, FEATURE_LENGTH
 from workers.training.train_mask_classifier import (
     PairedSamples,
     TrainingConfig,
     degrade,
     fit_logistic_regression,
-    penalty_vector,
     pick_images,
     pseudo_colour,
     threshold_at_false_positive_rate,
@@ -90,19 +88,6 @@ def test_pick_images_caps_photos_per_person_and_stays_in_the_split():
     assert max(Counter(image.identity for image in images).values()) <= 2
     assert {split_of(image.identity) for image in images} == {"val"}
     assert images == pick_images("val", 300, 2, np.random.default_rng(5))
-
-
-def test_group_penalties_shrink_only_their_group():
-    rng = np.random.default_rng(6)
-    features = rng.normal(0, 1, (3000, FEATURE_LENGTH))
-    logits = features[:, FEATURE_GROUPS["hog"]][:, 0] + features[:, FEATURE_GROUPS["colour"]][:, 0]
-    labels = (rng.random(3000) < 1 / (1 + np.exp(-2 * logits))).astype(float)
-    penalties = penalty_vector({"hog": 10.0, "thumbnail": 1e-3, "ratios": 1e-3, "colour": 1e-3})
-    weights, _ = fit_logistic_regression(features, labels, penalties)
-    hog_weight = weights[FEATURE_GROUPS["hog"]][0]
-    colour_weight = weights[FEATURE_GROUPS["colour"]][0]
-    assert colour_weight > 1.0
-    assert 0 < hog_weight < 0.2 * colour_weight
 
 
 def test_validation_threshold_holds_every_condition():
