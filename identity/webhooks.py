@@ -41,7 +41,7 @@ def record_job_event(*, job: Job) -> uuid.UUID | None:
 
     Call it inside the transaction that finishes the job (with `job.tenant` loaded): the event commits
     with the outcome it announces, so a worker that dies after the commit cannot lose it
-    (`redispatch_pending_deliveries` sends a delivery whose task never ran).
+    (`redispatch_unattempted_deliveries` sends a delivery whose task never ran).
     """
     url = job.tenant.webhook_url
     if not url or job.status not in (Job.Status.SUCCEEDED, Job.Status.FAILED):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.evaluation.cache import DEFAULT_CACHE_DIR
-from workers.evaluation.extract import Extractor, key_for
+from workers.evaluation.extract import Extractor, key_for, split_key
 from workers.evaluation.identification import Gallery, naive_max, pair_scores, search
 from workers.evaluation.lfw import (
     identity_of,
@@ -63,7 +63,7 @@ from workers.pipeline.config import (
 from workers.pipeline.enrollment_augmentation import DEFAULT_MASK_TYPES
 from workers.pipeline.matching import MaskAwareCalibration, fuse_kind_scores
 from workers.pipeline.pipeline import FacePipeline
-from workers.training.datasets import LFW_DIR, RWMFD_DIR
+from workers.training.datasets import LFW_DIR, RWMFD_DIR, rwmfd_face_is_masked
 
 PROTOCOLS = ("a", "b", "c", "d", "e")
 MASK = "mask0"  # probes: mask seed 0
@@ -409,6 +409,23 @@ class Evaluation:
                 [k for k, f in zip(keys_mask, found_mask, strict=True) if f],
             )
         rwmfd_keys = [k for k, f in zip(rwmfd_keys, rwmfd_found, strict=True) if f]
+        # Recall counts masked faces only: a bystander without a mask called unmasked is a right answer.
+        rwmfd_masked = [
+            rwmfd_face_is_masked(
+                self.config.rwmfd_dir / "images" / path,
+                x + width / 2,
+                y + height / 2,
+                width,
+                self.config.rwmfd_dir,
+            )
+            for path, (x, y, width, height) in zip(
+                [split_key(k)[0] for k in rwmfd_keys],
+                extractor.field("rwmfd", rwmfd_keys, "bbox"),
+                strict=True,
+            )
+        ]
+        result.extra["rwmfd_faces_listed_not_masked"] = rwmfd_masked.count(False)
+        rwmfd_keys = [k for k, masked in zip(rwmfd_keys, rwmfd_masked, strict=True) if masked]
         # The naive baseline: logistic regression on the SFace embedding, trained on "train" identities.
         classifiers = {"baseline": _LinearProbe(run, data["train"])}
         result.extra["baseline"] = (

@@ -163,7 +163,7 @@ def test_lower_face_is_the_mean_of_the_feature_map_from_the_nose_down(embedder, 
 def test_describe_of_no_crops_is_empty(embedder):
     descriptors = embedder.describe([])
     assert descriptors.embeddings.shape == (0, 128)
-    assert len(descriptors.lower_face) == 0
+    assert descriptors.lower_face.shape == (0, 512)
 
 
 def test_a_lower_face_tensor_the_model_lacks_is_a_deployment_error(pipeline_config):
