@@ -1,6 +1,6 @@
 """Train the mask classifier (workers/pipeline/weights/mask_classifier.json) and measure it.
 
-    .venv/bin/python -m workers.training.train_mask_classifier   # ~5 minutes on 2 cores
+    .venv/bin/python -m workers.training.train_mask_classifier   # ~7 minutes, single-threaded
 
 Seeded and deterministic: the same data, code and seed give the same weights.
 
@@ -30,7 +30,7 @@ Augmentation, applied alike to both classes so that it cannot become the cue:
 - landmark noise before alignment (masked faces are aligned from less accurate landmarks) and mirroring;
 - LFW-a is grayscale, production photos are colour: half the pairs are tinted with a random skin colour
   (chroma fading in dark and blown-out pixels, redder lips, uneven low-frequency chroma) before the mask
-  is drawn, so the colour features learn "lower face unlike this face's skin" rather than "any colour";
+  is drawn, so that what separates the classes is the mask, not colour as such;
 - exposure and gamma, downscaling (RWMFD faces are often tiny), blur, noise and JPEG compression.
 
 One L2 penalty for all 512 features (on standardised features); 0.1, 0.01 and 0.03 gave the same validation
