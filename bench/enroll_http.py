@@ -12,7 +12,7 @@ reported two ways: all images / (last job finished - first request sent), and th
 and 90 % of jobs finished (no ramp-up or tail). Job timestamps give the queue wait and the time a worker spent
 on each job. `--profile N` also times the pipeline stages of one enrollment in this process (one thread,
 quiet machine): analyze (decode, detect, align, quality, embed, mask classifier) and the synthetic-mask
-templates (mask drawing, alignment and embedding of `DEFAULT_VARIANTS` masked copies).
+templates (mask drawing, alignment and embedding of as many masked copies as the model's calibration assumes).
 Results are appended to bench/results/enroll_http.jsonl.
 """
 

@@ -49,7 +49,7 @@ def _pipeline(embedding_model: str) -> FacePipeline:
         intra_op_threads=settings.VISOR_ONNX_THREADS,
     )
     augmentation = (
-        AugmentationConfig()
+        None  # the model's calibrated number
         if settings.VISOR_ENROLL_MASK_VARIANTS is None
         else AugmentationConfig(variants=settings.VISOR_ENROLL_MASK_VARIANTS)
     )

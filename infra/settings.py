@@ -190,14 +190,15 @@ CELERY_TIMEZONE = "UTC"
 # --- Face pipeline -----------------------------------------------------------------------------------
 VISOR_MODEL_DIR = Path(os.environ.get("VISOR_MODEL_DIR", BASE_DIR / "var" / "models"))
 VISOR_ONNX_THREADS = env_int("VISOR_ONNX_THREADS", 2)
-# "student" (the mask-robust embedding, docs/accuracy.md) or "sface"; changing it needs `manage.py reembed`.
-VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "student")
+# "student-flip" (the mask-robust embedding with mirror averaging, docs/accuracy.md), "student" or "sface";
+# galleries keep the model their templates were made with until `manage.py reembed` moves them over.
+VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "student-flip")
 # MaskTheFace's RGBA templates (MIT) for the synthetic-mask templates drawn at enrollment. Without them
 # enrollment stores the original template only, and masked probes match less well (docs/accuracy.md).
 VISOR_MASK_TEMPLATES_DIR = Path(
     os.environ.get("VISOR_MASK_TEMPLATES_DIR", BASE_DIR.parent / "shared" / "data" / "mask_templates")
 )
-# Synthetic-mask templates per enrolled face; unset: the calibrated default of the enrollment augmentation.
+# Synthetic-mask templates per enrolled face; unset: the number the model's mask-aware calibration assumes.
 VISOR_ENROLL_MASK_VARIANTS = (
     env_int("VISOR_ENROLL_MASK_VARIANTS", 0) if os.environ.get("VISOR_ENROLL_MASK_VARIANTS") else None
 )

@@ -31,7 +31,7 @@ def template_versions(gallery_id) -> dict[str, int]:
 def test_a_gallery_keeps_working_through_a_model_change_and_reembed(tenant_api, settings):
     # The worker process runs the configured model; this process (API, reembed) switches between both.
     worker_model = settings.VISOR_EMBEDDING_MODEL
-    [other_model] = {"sface", "student"} - {worker_model}
+    other_model = "student" if worker_model == "sface" else "sface"
     worker_version = get_face_pipeline().model_version
     settings.VISOR_EMBEDDING_MODEL = other_model
     other_version = get_face_pipeline().model_version

@@ -98,6 +98,9 @@ class EmbeddingConfig:
     `lower_face_tensor` names a (N, C, H, W) feature map inside the network that the mask classifier reads
     (workers/pipeline/mask_classifier.py); None turns mask classification off. SFace's `conv_12_relu` is
     also the student's: distillation left conv_1 .. conv_12 as they are.
+
+    `flip_average` embeds every crop together with its mirror image and keeps the normalised sum: twice the
+    embedding compute for embeddings that a misplaced landmark or an asymmetric mask moves less.
     """
 
     model_path: Path = DEFAULT_MODEL_DIR / SFACE_FILE
@@ -106,14 +109,19 @@ class EmbeddingConfig:
     input_mean: float = 0.0
     input_scale: float = 1.0
     lower_face_tensor: str | None = "conv_12_relu"
+    flip_average: bool = False
 
 
-# The embedding models the service can run, by the name VISOR_EMBEDDING_MODEL takes. Both share SFace's input
-# contract; the student is SFace fine-tuned for masked faces (docs/distillation.md, docs/accuracy.md).
+# The embedding models the service can run, by the name VISOR_EMBEDDING_MODEL takes. All share SFace's input
+# contract; the student is SFace fine-tuned for masked faces (docs/distillation.md), and student-flip is the
+# student with mirror averaging, the default (docs/accuracy.md). Each makes its own model_version.
 EMBEDDING_MODELS: dict[str, EmbeddingConfig] = {
     "sface": EmbeddingConfig(),
     "student": EmbeddingConfig(
         model_path=DEFAULT_MODEL_DIR / STUDENT_FILE, model_name="visor-masked-student"
+    ),
+    "student-flip": EmbeddingConfig(
+        model_path=DEFAULT_MODEL_DIR / STUDENT_FILE, model_name="visor-masked-student-flip", flip_average=True
     ),
 }
 

@@ -43,6 +43,7 @@ class FaceEmbedder:
         input_mean: float = 0.0,
         input_scale: float = 1.0,
         lower_face_tensor: str | None = None,
+        flip_average: bool = False,
     ) -> None:
         if channel_order not in {"rgb", "bgr"}:
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {channel_order!r}")
@@ -57,6 +58,7 @@ class FaceEmbedder:
         self._input_mean = np.float32(input_mean)
         self._input_scale = np.float32(input_scale)
         self.lower_face_tensor = lower_face_tensor
+        self.flip_average = flip_average
         self._model: LoadedModel | None = None
 
     @classmethod
@@ -78,6 +80,7 @@ class FaceEmbedder:
             input_mean=config.input_mean,
             input_scale=config.input_scale,
             lower_face_tensor=config.lower_face_tensor,
+            flip_average=config.flip_average,
         )
 
     @property
@@ -107,7 +110,7 @@ class FaceEmbedder:
         if len(crops) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         (embeddings,) = session.run([session.get_outputs()[0].name], self._feed(crops))
-        return l2_normalise(embeddings.astype(np.float32, copy=False))
+        return self._combine(embeddings, len(crops))
 
     def describe(self, crops: Sequence[np.ndarray] | np.ndarray) -> FaceDescriptors:
         """Embeddings and lower-face activations of N aligned BGR uint8 crops, in one session.run call."""
@@ -125,9 +128,16 @@ class FaceEmbedder:
         )
         first_row = round(feature_map.shape[2] * LOWER_FACE_FROM)
         return FaceDescriptors(
-            l2_normalise(embeddings.astype(np.float32, copy=False)),
-            feature_map[:, :, first_row:, :].mean(axis=(2, 3), dtype=np.float32),
+            self._combine(embeddings, len(crops)),
+            feature_map[: len(crops), :, first_row:, :].mean(axis=(2, 3), dtype=np.float32),
         )
+
+    def _combine(self, embeddings: np.ndarray, count: int) -> np.ndarray:
+        """One L2-normalised embedding per face: with flip_average, the sum of the crop's and its mirror's."""
+        embeddings = embeddings.astype(np.float32, copy=False)
+        if self.flip_average:
+            embeddings = l2_normalise(embeddings[:count]) + l2_normalise(embeddings[count:])
+        return l2_normalise(embeddings)
 
     def _feed(self, crops: Sequence[np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         session = self._loaded().session
@@ -137,6 +147,8 @@ class FaceEmbedder:
             raise ValueError(
                 f"expected aligned uint8 crops of shape ({side}, {side}, 3), got {batch.shape} {batch.dtype}"
             )
+        if self.flip_average:
+            batch = np.concatenate([batch, batch[:, :, ::-1]])
         if self._swap_to_rgb:
             batch = batch[..., ::-1]
         tensor = batch.transpose(0, 3, 1, 2).astype(np.float32)

@@ -30,8 +30,9 @@ SYNTHETIC_MASK_KIND = "synthetic_mask"
 # Variant j uses mask type j: the most common masks first (RWMFD is mostly blue and white surgical masks,
 # then KN95 and cloth), so that every prefix of the list is a sensible set.
 DEFAULT_MASK_TYPES: tuple[str, ...] = ("surgical_blue", "surgical", "KN95", "cloth_coloured", "N95", "cloth")
-# Chosen on the open-set identification protocol (c) of workers.evaluation (K = 1..4 measured; 2 was as
-# good as 3 or 4 and is the cheapest); workers.pipeline.matching's calibration assumes it. docs/accuracy.md.
+# For a model without a mask-aware calibration. A calibrated model is enrolled with the K its calibration was
+# measured with (workers.pipeline.matching): 2 for SFace and the student (on protocol (c), 2 was as good as
+# 3 or 4), 1 for the mirror-averaged student (as good as 2 there). docs/accuracy.md.
 DEFAULT_VARIANTS = 2
 
 

@@ -18,6 +18,7 @@ from workers.pipeline.config import PipelineConfig, QualityFloors
 from workers.pipeline.detection import BoundingBox, DetectedFace, FaceDetector
 from workers.pipeline.embedding import FaceEmbedder
 from workers.pipeline.enrollment_augmentation import (
+    DEFAULT_VARIANTS,
     AugmentationConfig,
     SyntheticTemplate,
     synthetic_mask_templates,
@@ -25,6 +26,7 @@ from workers.pipeline.enrollment_augmentation import (
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
 from workers.pipeline.masks import MaskSynthesizer
+from workers.pipeline.matching import CALIBRATIONS as MASK_AWARE_CALIBRATIONS
 from workers.pipeline.quality import FaceQuality, assess_quality
 
 Purpose = Literal["enroll", "identify"]
@@ -108,7 +110,8 @@ class _PreparedImage:
 class FacePipeline:
     """Built once per process. `mask_classifier` is injected (the Django layer passes
     workers.pipeline.mask_classifier.MaskClassifier.load()); without one, every face's `mask` is None.
-    `mask_synthesizer` enables mask-augmented enrollment templates (`synthetic_templates`)."""
+    `mask_synthesizer` enables mask-augmented enrollment templates (`synthetic_templates`); without an
+    `augmentation`, a face gets as many as the embedding model's mask-aware calibration was measured with."""
 
     def __init__(
         self,
@@ -120,7 +123,6 @@ class FacePipeline:
     ) -> None:
         self.config = config
         self.mask_synthesizer = mask_synthesizer
-        self.augmentation = augmentation or AugmentationConfig()
         runtime_options = {
             "intra_op_threads": config.intra_op_threads,
             "inter_op_threads": config.inter_op_threads,
@@ -129,6 +131,10 @@ class FacePipeline:
         self.detector = FaceDetector(config.detection, **runtime_options)
         self.embedder = FaceEmbedder.from_config(config.embedding, **runtime_options)
         self.embedder.load()
+        calibration = MASK_AWARE_CALIBRATIONS.get(self.embedder.model_version)
+        self.augmentation = augmentation or AugmentationConfig(
+            variants=calibration.synthetic_templates if calibration else DEFAULT_VARIANTS
+        )
         tensor = config.embedding.lower_face_tensor
         if mask_classifier is not None and mask_classifier.lower_face_tensor != tensor:
             raise ValueError(

@@ -1,6 +1,7 @@
 import hashlib
 import re
 import shutil
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from tests.workers.pipeline.conftest import face_photo
 from workers.pipeline.alignment import align_face
+from workers.pipeline.config import DEFAULT_MODEL_DIR, STUDENT_FILE, embedding_config
 from workers.pipeline.detection import FaceDetector
 from workers.pipeline.embedding import FaceEmbedder
 from workers.pipeline.errors import ModelUnavailable
@@ -175,3 +177,58 @@ def test_a_lower_face_tensor_the_model_lacks_is_a_deployment_error(pipeline_conf
 def test_describe_needs_a_lower_face_tensor(pipeline_config, crops):
     with pytest.raises(ValueError, match="lower_face_tensor"):
         FaceEmbedder(pipeline_config.embedding.model_path).describe(crops)
+
+
+@pytest.fixture(scope="module")
+def mirror_averaging(pipeline_config) -> FaceEmbedder:
+    return FaceEmbedder.from_config(replace(pipeline_config.embedding, flip_average=True))
+
+
+def test_mirror_averaging_embeds_a_face_and_its_mirror_image_alike(mirror_averaging, embedder, face_crop):
+    mirrored = np.ascontiguousarray(face_crop[:, ::-1])
+
+    averaged, of_mirror = mirror_averaging.embed(np.stack([face_crop, mirrored]))
+
+    np.testing.assert_allclose(averaged, of_mirror, atol=1e-5)
+    assert float(embedder.embed([face_crop])[0] @ embedder.embed([mirrored])[0]) < 0.99  # SFace alone differs
+
+
+def test_mirror_averaging_is_the_normalised_sum_of_both_embeddings_in_one_run(
+    mirror_averaging, embedder, crops, monkeypatch
+):
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    expected = embedder.embed(crops) + embedder.embed(mirrored)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    runs = []
+    original_run = ort.InferenceSession.run
+
+    def counting_run(self, output_names, feed, *args, **kwargs):
+        runs.append(next(iter(feed.values())).shape[0])
+        return original_run(self, output_names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
+    averaged = mirror_averaging.embed(crops)
+
+    assert runs == [6]
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(averaged, axis=1), 1.0, atol=1e-6)
+
+
+def test_mirror_averaging_describes_the_lower_face_of_the_crop_itself(mirror_averaging, embedder, crops):
+    descriptors = mirror_averaging.describe(crops)
+
+    np.testing.assert_array_equal(descriptors.embeddings, mirror_averaging.embed(crops))
+    np.testing.assert_allclose(descriptors.lower_face, embedder.describe(crops).lower_face, rtol=1e-5)
+
+
+def test_mirror_averaging_is_its_own_model_version():
+    if not (DEFAULT_MODEL_DIR / STUDENT_FILE).is_file():
+        pytest.skip("the student is built by `make install` (python -m workers.pipeline.student)")
+    versions = {
+        name: FaceEmbedder.from_config(embedding_config(name)).model_version
+        for name in ("student", "student-flip")
+    }
+
+    assert versions["student-flip"] != versions["student"]
+    assert versions["student-flip"].startswith("visor-masked-student-flip-")
+    assert versions["student-flip"][-12:] == versions["student"][-12:]  # the same weights
