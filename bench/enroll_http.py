@@ -49,6 +49,8 @@ def _profile(images: list[tuple[str, bytes]]) -> dict:
     """Mean milliseconds per stage of one enrollment, in this process with one onnxruntime thread."""
     import hashlib
 
+    from django.conf import settings
+
     from workers.pipeline.config import DEFAULT_MODEL_DIR, PipelineConfig
     from workers.pipeline.mask_classifier import MaskClassifier
     from workers.pipeline.masks import MaskSynthesizer
@@ -56,7 +58,9 @@ def _profile(images: list[tuple[str, bytes]]) -> dict:
 
     # What identity.face_pipeline builds, with one thread (one worker process per core).
     pipeline = FacePipeline(
-        PipelineConfig.for_model_dir(DEFAULT_MODEL_DIR, intra_op_threads=1),
+        PipelineConfig.for_model_dir(
+            DEFAULT_MODEL_DIR, embedding_model=settings.VISOR_EMBEDDING_MODEL, intra_op_threads=1
+        ),
         mask_classifier=MaskClassifier.load(),
         mask_synthesizer=MaskSynthesizer(),
     )
