@@ -30,6 +30,20 @@ def crops() -> np.ndarray:
     return np.stack([cv2.resize(tile, (112, 112), interpolation=cv2.INTER_CUBIC) for tile in noise])
 
 
+@pytest.fixture
+def session_runs(monkeypatch) -> list[tuple[list[str], tuple[int, ...]]]:
+    """(requested output names, input shape) of every onnxruntime run during the test."""
+    runs = []
+    original_run = ort.InferenceSession.run
+
+    def recording_run(self, output_names, feed, *args, **kwargs):
+        runs.append((list(output_names), next(iter(feed.values())).shape))
+        return original_run(self, output_names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
+    return runs
+
+
 @pytest.fixture(scope="module")
 def face_crop(pipeline_config) -> np.ndarray:
     photo = face_photo()
@@ -57,18 +71,10 @@ def test_batch_equals_one_at_a_time(embedder, crops):
     np.testing.assert_allclose(batch, singles, atol=1e-5)
 
 
-def test_a_batch_is_one_session_run(embedder, crops, monkeypatch):
-    calls = []
-    original_run = ort.InferenceSession.run
-
-    def counting_run(self, *args, **kwargs):
-        calls.append(args[1][next(iter(args[1]))].shape)
-        return original_run(self, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
+def test_a_batch_is_one_session_run(embedder, crops, session_runs):
     embedder.embed(np.concatenate([crops, crops]))
 
-    assert calls == [(6, 3, 112, 112)]
+    assert [shape for _, shape in session_runs] == [(6, 3, 112, 112)]
 
 
 def test_the_pinned_batch_dimension_of_the_export_is_freed(embedder):
@@ -131,19 +137,11 @@ def test_missing_model_is_a_deployment_error(tmp_path):
 
 
 def test_describe_adds_the_lower_face_activations_to_the_same_embeddings_in_one_run(
-    embedder, crops, monkeypatch
+    embedder, crops, session_runs
 ):
-    runs = []
-    original_run = ort.InferenceSession.run
-
-    def counting_run(self, output_names, feed, *args, **kwargs):
-        runs.append(list(output_names))
-        return original_run(self, output_names, feed, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
     descriptors = embedder.describe(crops)
 
-    assert runs == [["fc1", "conv_12_relu"]]
+    assert [names for names, _ in session_runs] == [["fc1", "conv_12_relu"]]
     np.testing.assert_array_equal(descriptors.embeddings, embedder.embed(crops))
     assert descriptors.lower_face.shape == (3, 512)
     assert descriptors.lower_face.dtype == np.float32
@@ -194,22 +192,13 @@ def test_mirror_averaging_embeds_a_face_and_its_mirror_image_alike(mirror_averag
 
 
 def test_mirror_averaging_is_the_normalised_sum_of_both_embeddings_in_one_run(
-    mirror_averaging, embedder, crops, monkeypatch
+    mirror_averaging, embedder, crops, session_runs
 ):
-    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
-    expected = embedder.embed(crops) + embedder.embed(mirrored)
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    runs = []
-    original_run = ort.InferenceSession.run
-
-    def counting_run(self, output_names, feed, *args, **kwargs):
-        runs.append(next(iter(feed.values())).shape[0])
-        return original_run(self, output_names, feed, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "run", counting_run)
     averaged = mirror_averaging.embed(crops)
 
-    assert runs == [6]
+    assert [shape[0] for _, shape in session_runs] == [6]
+    expected = embedder.embed(crops) + embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(averaged, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(averaged, axis=1), 1.0, atol=1e-6)
 
