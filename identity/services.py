@@ -358,7 +358,6 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
         if job.tenant.store_images:
             # Written before the face row commits; the key is derived from the job, so a retry overwrites it.
             stored_key = image_key(tenant_id=job.tenant_id, face_id=face_id)
-            default_storage.delete(stored_key)
             default_storage.save(stored_key, ContentFile(image_bytes))
         face = _store_face(
             job=job,

@@ -122,7 +122,9 @@ STORAGES = {
             "secret_key": os.environ.get("S3_SECRET_ACCESS_KEY") or None,
             "region_name": os.environ.get("S3_REGION", "us-east-1"),
             "addressing_style": "path",
-            "file_overwrite": False,
+            # Keys derive from ids, so a retried write must replace its object, never get a suffixed twin;
+            # overwriting also spares every write an existence check.
+            "file_overwrite": True,
             "default_acl": None,
             "querystring_auth": True,
         },

@@ -1,9 +1,12 @@
 import base64
 import time
+import uuid
 from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from identity import services
@@ -239,6 +242,20 @@ def test_a_job_whose_task_was_lost_is_sent_again_and_completes(tenant_api, subje
         recent.dispatched_at,
     )
     assert services.redispatch_stalled_jobs() == 0
+
+
+def test_a_retried_job_replaces_the_image_an_interrupted_attempt_left_in_the_bucket(tenant_api, subject):
+    job = _unfinished_job(tenant_api, subject, dispatched_minutes_ago=0)
+    key = services.image_key(tenant_id=tenant_api.tenant.id, face_id=uuid.uuid5(job.id, "face"))
+    # An earlier attempt wrote the object, then died before its transaction committed.
+    default_storage.save(key, ContentFile(b"left by an interrupted attempt"))
+
+    finished = services.process_face_enrollment(job_id=str(job.id), tenant_id=str(tenant_api.tenant.id))
+
+    assert finished.status == Job.Status.SUCCEEDED
+    assert bucket_keys(f"tenants/{tenant_api.tenant.id}/") == [key]
+    with default_storage.open(key, "rb") as stored:
+        assert stored.read() == person_image(9)
 
 
 def test_a_sweep_sends_at_most_its_batch_oldest_first(tenant_api, subject):

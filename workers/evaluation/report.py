@@ -371,6 +371,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--lfw-dir", type=Path, default=None)
     parser.add_argument("--rwmfd-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model files (default var/models): e.g. a candidate model",
+    )
     return parser
 
 
@@ -378,7 +384,7 @@ def options_to_call(options: dict) -> dict:
     """Keyword arguments of run_evaluation from parsed options (shared with the Django command)."""
     overrides = {
         key: Path(options[key])
-        for key in ("lfw_dir", "rwmfd_dir", "cache_dir")
+        for key in ("lfw_dir", "rwmfd_dir", "cache_dir", "model_dir")
         if options.get(key) is not None
     }
     synthetic = tuple(int(k) for k in str(options.get("synthetic") or "").split(",") if k.strip())

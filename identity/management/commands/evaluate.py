@@ -1,5 +1,5 @@
 """python manage.py evaluate [--limit N] [--protocols a,b,c,d,e] [--model sface|student]
-                             [--output docs/accuracy.md]
+                             [--output docs/accuracy.md] [--model-dir var/models]
 
 Runs the accuracy protocols of `workers.evaluation` on ../shared/data and writes docs/accuracy.md, its JSON
 twin (docs/accuracy.json) and SVG curves (docs/accuracy/*.svg). Faces and embeddings are cached under
