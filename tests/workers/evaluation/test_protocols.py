@@ -272,3 +272,24 @@ def test_limited_run_of_every_protocol_writes_the_report(tmp_path):
     assert "**baseline**" in report
     assert all((tmp_path / plot).is_file() for plot in document["meta"]["plots"])
     assert not math.isnan(document["protocols"]["e"]["rows"]["baseline"]["detection_rate"])
+
+
+# -- command line -------------------------------------------------------------------------------------------
+
+
+def test_the_command_line_can_point_the_evaluation_at_a_candidate_models_directory(tmp_path):
+    from workers.evaluation.report import build_parser, options_to_call
+    from workers.pipeline.config import DEFAULT_MODEL_DIR
+
+    default = options_to_call(vars(build_parser().parse_args(["--protocols", "c"])))
+    candidate = options_to_call(
+        vars(
+            build_parser().parse_args(
+                ["--protocols", "c", "--model", "student", "--model-dir", str(tmp_path)]
+            )
+        )
+    )
+
+    assert default["config"].model_dir == DEFAULT_MODEL_DIR
+    assert candidate["config"].model_dir == tmp_path
+    assert (candidate["protocols"], candidate["models"]) == (["c"], ["student"])
