@@ -110,6 +110,16 @@ class FaceTemplate(models.Model):
         return f"{self.kind} template of face {self.face_id}"
 
 
+class QualityFilter(models.TextChoices):
+    """How strict enrollment is about the face's quality (the `quality_filter` option, like Rekognition's
+    QualityFilter): `auto` applies the enrollment floors, `low` the lenient floors identification uses,
+    `none` refuses a face for no quality reason (a face must still be found, and be the only one)."""
+
+    AUTO = "auto"
+    LOW = "low"
+    NONE = "none"
+
+
 class Job(models.Model):
     """Asynchronous work a client can poll (`GET /v1/jobs/{id}`) or be told about by webhook."""
 

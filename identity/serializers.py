@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from identity.matching import Candidate
-from identity.models import Face, Gallery, Job, Subject
+from identity.models import Face, Gallery, Job, QualityFilter, Subject
 
 
 class GalleryCreateSerializer(serializers.Serializer):
@@ -36,6 +36,9 @@ class SubjectUpdateSerializer(SubjectCreateSerializer):
 class EnrollOptionsSerializer(serializers.Serializer):
     wait = serializers.BooleanField(required=False, default=False)
     largest = serializers.BooleanField(required=False, default=False)
+    quality_filter = serializers.ChoiceField(
+        choices=QualityFilter.choices, required=False, default=QualityFilter.AUTO
+    )
     timeout = serializers.FloatField(required=False, default=30.0, min_value=1.0, max_value=120.0)
 
 

@@ -28,6 +28,7 @@ from identity.models import (
     IdempotentRequest,
     Job,
     PendingObjectDeletion,
+    QualityFilter,
     Subject,
 )
 from identity.problems import (
@@ -45,6 +46,9 @@ from workers.pipeline.intake import decode_image
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 
 MAX_ENROLL_FACES_CONSIDERED = 20
+# Enrollment refuses a photo with several faces (unless asked for the largest) only when another face is at
+# least this fraction of the largest's box area, i.e. at least half its width: smaller ones are background.
+RIVAL_FACE_AREA_RATIO = 0.25
 # Far longer than any enrollment runs or waits in a healthy queue.
 STALLED_JOB_AFTER = timedelta(minutes=10)
 STALLED_JOBS_PER_SWEEP = 500
@@ -259,7 +263,14 @@ def validate_image(*, image_bytes: bytes) -> None:
 
 @transaction.atomic
 def request_face_enrollment(
-    *, tenant, api_key, subject: Subject, image_bytes: bytes, largest: bool, client_request: ClientRequest
+    *,
+    tenant,
+    api_key,
+    subject: Subject,
+    image_bytes: bytes,
+    largest: bool,
+    quality_filter: QualityFilter = QualityFilter.AUTO,
+    client_request: ClientRequest,
 ) -> Job:
     """Queue the enrollment of the face in `image_bytes`; a retry with the same Idempotency-Key gets the job
     of its first request and creates nothing."""
@@ -276,7 +287,7 @@ def request_face_enrollment(
         api_key=api_key,
         kind=Job.Kind.ENROLL_FACE,
         subject=subject,
-        options={"largest": largest},
+        options={"largest": largest, "quality_filter": quality_filter.value},
         input_image=image_bytes,
         request_id=client_request.request_id,
     )
@@ -309,6 +320,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
         job.save(update_fields=["status", "started_at", "attempts"])
         image_bytes, largest = bytes(job.input_image or b""), bool(job.options.get("largest"))
+        quality_filter = QualityFilter(job.options.get("quality_filter", QualityFilter.AUTO))
         gallery_version = (
             Gallery.objects.filter(subjects__id=job.subject_id, tenant_id=tenant_id)
             .values_list("model_version", flat=True)
@@ -317,7 +329,11 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
     pipeline = get_face_pipeline()
     try:
-        analysis = pipeline.analyze(image_bytes, purpose="enroll", max_faces=MAX_ENROLL_FACES_CONSIDERED)
+        analysis = pipeline.analyze(
+            image_bytes,
+            purpose="enroll" if quality_filter == QualityFilter.AUTO else "identify",
+            max_faces=MAX_ENROLL_FACES_CONSIDERED,
+        )
     except ImageRejected as rejection:
         return _finish_job(
             job_id=job_id,
@@ -325,7 +341,9 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             face=None,
             error={"reason": rejection.code, "detail": rejection.detail},
         )
-    chosen, rejection = _choose_enrollment_face(analysis, largest=largest)
+    chosen, rejection = _choose_enrollment_face(
+        analysis, largest=largest, check_quality=quality_filter != QualityFilter.NONE
+    )
     if rejection:
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=rejection)
     image_sha256 = hashlib.sha256(image_bytes).hexdigest()
@@ -418,18 +436,22 @@ def purge_expired_idempotency_keys(*, older_than: timedelta = IDEMPOTENCY_KEY_LI
 
 
 def _choose_enrollment_face(
-    analysis: ImageAnalysis, *, largest: bool
+    analysis: ImageAnalysis, *, largest: bool, check_quality: bool
 ) -> tuple[FaceAnalysis | None, dict | None]:
     if not analysis.faces:
         return None, {"reason": "NO_FACE", "detail": "No face was found in the image."}
-    if len(analysis.faces) > 1 and not largest:
+    face = analysis.faces[0]  # largest first
+    # A passer-by far behind the person photographed leaves no doubt about whom the photo is of.
+    rivals = [
+        other for other in analysis.faces[1:] if other.bbox.area >= RIVAL_FACE_AREA_RATIO * face.bbox.area
+    ]
+    if rivals and not largest:
         return None, {
             "reason": "MULTIPLE_FACES",
-            "detail": f"{analysis.faces_detected} faces were found; send one face, "
+            "detail": f"{1 + len(rivals)} faces of similar size were found; send one face, "
             "or ?largest=true to enroll the largest.",
         }
-    face = analysis.faces[0]  # largest first
-    if face.quality.issues:
+    if check_quality and face.quality.issues:
         issues = [str(issue) for issue in face.quality.issues]
         return None, {
             "reason": issues[0],

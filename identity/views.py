@@ -13,7 +13,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from identity import selectors, services
-from identity.models import Job
+from identity.models import Job, QualityFilter
 from identity.pagination import paginate
 from identity.problems import MissingImage
 from identity.serializers import (
@@ -228,7 +228,8 @@ class SubjectFacesView(TenantAPIView):
     def post(self, request, subject_id):
         options = _validated(EnrollOptionsSerializer, _options(request))
         image = _required_image(request)
-        client_request = _client_request(request, options={"largest": options["largest"]}, images=(image,))
+        enrollment_options = {"largest": options["largest"], "quality_filter": options["quality_filter"]}
+        client_request = _client_request(request, options=enrollment_options, images=(image,))
         with self.tenant_transaction():
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
             job = services.request_face_enrollment(
@@ -237,6 +238,7 @@ class SubjectFacesView(TenantAPIView):
                 subject=subject,
                 image_bytes=image,
                 largest=options["largest"],
+                quality_filter=QualityFilter(options["quality_filter"]),
                 client_request=client_request,
             )
         if options["wait"]:

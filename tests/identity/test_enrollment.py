@@ -3,6 +3,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import cv2
 import numpy as np
 import pytest
 from django.core.files.base import ContentFile
@@ -63,10 +64,7 @@ def test_enrolling_without_wait_answers_202_with_a_job_that_completes(tenant_api
     assert response.status_code == 202
     job_id = response.json()["job"]["id"]
     assert response["Location"] == f"/v1/jobs/{job_id}"
-    deadline = time.monotonic() + 60
-    while (job := tenant_api.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = _finished(tenant_api, response["Location"])
     assert job["status"] == "succeeded"
     assert job["result"]["face"]["subject_id"] == subject["id"]
     assert job["error"] is None
@@ -106,6 +104,48 @@ def test_two_faces_are_refused_unless_the_largest_is_asked_for(tenant_api, subje
     assert refused.json()["reasons"] == ["MULTIPLE_FACES"]
     assert accepted.status_code == 201
     assert accepted.json()["bbox"]["x"] < 400, "the largest face is the one on the left"
+
+
+def test_a_small_face_in_the_background_does_not_make_a_portrait_ambiguous(tenant_api, subject):
+    image = np.full((480, 800, 3), 200, dtype=np.uint8)
+    draw_face(image, 300, 240, 120, CartoonPerson.from_seed(4))
+    draw_face(image, 680, 120, 50, CartoonPerson.from_seed(5))  # a third of the width: a passer-by
+
+    detected = tenant_api.post("/v1/detect", {"image": upload_file(encode(image))}).json()["faces"]
+    enrolled = tenant_api.enroll(subject["id"], encode(image))
+
+    assert len(detected) == 2
+    assert enrolled.status_code == 201, enrolled.content
+    assert enrolled.json()["bbox"]["x"] < 400, "the portrait's face, not the passer-by"
+
+
+def blurred_portrait(sigma: float) -> bytes:
+    return encode(cv2.GaussianBlur(face_photo(size=110), (0, 0), sigma))
+
+
+def test_quality_filter_chooses_how_strict_enrollment_is(tenant_api, subject):
+    slightly_blurred, very_blurred = blurred_portrait(4), blurred_portrait(6)
+
+    auto = tenant_api.enroll(subject["id"], slightly_blurred)
+    low = tenant_api.enroll(subject["id"], slightly_blurred, quality_filter="low")
+    low_refused = tenant_api.enroll(subject["id"], very_blurred, quality_filter="low")
+    none = tenant_api.enroll(subject["id"], very_blurred, quality_filter="none")
+
+    assert auto.status_code == 422
+    assert auto.json()["reasons"] == ["BLURRY"]
+    assert low.status_code == 201, low.content
+    assert low_refused.status_code == 422
+    assert low_refused.json()["reasons"] == ["BLURRY"]
+    assert none.status_code == 201, none.content
+    assert none.json()["quality"]["issues"] == ["BLURRY"], "the stored face still says what is wrong with it"
+
+
+def test_an_unknown_quality_filter_is_a_validation_problem(tenant_api, subject):
+    response = tenant_api.enroll(subject["id"], person_image(1), quality_filter="strict")
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert "quality_filter" in response.json()["errors"]
 
 
 def test_a_face_too_small_to_enroll_says_so(tenant_api, subject):
@@ -292,6 +332,16 @@ def test_idempotency_keys_are_forgotten_after_their_lifetime(tenant_api, subject
     assert again["Location"] != first["Location"]
     with operator_transaction():
         assert IdempotentRequest.objects.filter(key="recent").exists()
+    # Both jobs must finish before the next test empties the tables under the worker.
+    assert {_finished(tenant_api, r["Location"])["status"] for r in (first, again)} == {"succeeded"}
+
+
+def _finished(tenant_api, job_location: str) -> dict:
+    deadline = time.monotonic() + 60
+    while (job := tenant_api.get(job_location).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
 
 
 def _job(job_id) -> Job:

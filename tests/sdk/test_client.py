@@ -3,12 +3,13 @@
 import asyncio
 import io
 
+import cv2
 import numpy as np
 import pytest
 import visor
 from PIL import Image
 
-from tests.face_images import encode, person_image
+from tests.face_images import encode, face_photo, person_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,6 +114,19 @@ def test_a_photo_without_a_face_raises_face_rejected_with_its_reasons(client):
     assert rejected.value.status == 422
     with pytest.raises(visor.InvalidImageError):
         client.faces.enroll(subject_id=subject.id, image=b"this is not an image")
+
+
+def test_quality_filter_lets_a_slightly_blurred_photo_be_enrolled(client):
+    gallery = client.galleries.create(name="Staff")
+    subject = client.subjects.create(gallery_id=gallery.id, external_id="x")
+    blurred = encode(cv2.GaussianBlur(face_photo(size=110), (0, 0), 4))
+
+    with pytest.raises(visor.FaceRejectedError) as rejected:
+        client.faces.enroll(subject_id=subject.id, image=blurred)
+    face = client.faces.enroll(subject_id=subject.id, image=blurred, quality_filter="low")
+
+    assert rejected.value.reasons == ["BLURRY"]
+    assert face.subject_id == subject.id
 
 
 def test_a_wrong_key_raises_authentication_error(visor_server):

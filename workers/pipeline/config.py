@@ -51,14 +51,18 @@ class QualityFloors:
     min_detection_score: float
 
 
-# Enrollment templates are what every later search is compared with, so they must be good: frontal, sharp,
-# well lit and large enough. Identification accepts what cameras really produce and lets the score decide.
+# Enrollment templates are what every later search is compared with, so they must be good: sharp, well lit,
+# large enough and not far from frontal. Identification accepts what cameras really produce and lets the score
+# decide. The yaw floor is where templates start to fail, not where faces stop looking frontal: on 2,024 LFW
+# photos (student-flip, same-person pairs at the FAR 1e-3 threshold) a template turned 30-40 degrees matched
+# 96.8% of the person's other photos, 40-50 degrees 95.8%, frontal ones 98.0%, beyond 50 degrees 86%; a
+# 30-degree floor refused 8.4% of those photos for a loss of about one point.
 ENROLL_FLOORS = QualityFloors(
     min_inter_eye_px=32.0,
     min_sharpness=60.0,
     min_brightness=60.0,
     max_brightness=210.0,
-    max_yaw_deg=30.0,
+    max_yaw_deg=45.0,
     max_pitch_deg=25.0,
     max_roll_deg=30.0,
     min_detection_score=0.8,

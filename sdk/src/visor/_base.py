@@ -209,6 +209,7 @@ def spec_enroll(
     image: ImageInput,
     wait: bool,
     largest: bool,
+    quality_filter: str | None,
     idempotency_key: str | None,
     server_wait: float,
     timeout: float,
@@ -219,6 +220,7 @@ def spec_enroll(
         params={
             "wait": _bool(wait),
             "largest": _bool(largest),
+            "quality_filter": quality_filter,
             "timeout": server_wait if wait else None,
         },
         files={"image": image_part(image)},

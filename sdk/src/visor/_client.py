@@ -240,18 +240,28 @@ class Faces(_Resource):
         image: ImageInput,
         wait: bool = True,
         largest: bool = False,
+        quality_filter: str | None = None,
         idempotency_key: str | None = None,
         timeout: float = 60.0,
     ) -> Face | Job:
         """Enroll a face from `image`.
 
         With `wait=True` (default) returns the enrolled Face or raises FaceRejectedError (`.reasons`);
-        with `wait=False` returns the queued Job at once (see `client.jobs.wait`).
+        with `wait=False` returns the queued Job at once (see `client.jobs.wait`). `largest=True` enrolls
+        the largest of several faces; `quality_filter` is "auto" (the server's default: enrollment floors),
+        "low" (identification's lenient floors) or "none" (no refusal for quality).
         """
         started = time.monotonic()
         server_wait = min(max(timeout, 1.0), 30.0)
         spec = spec_enroll(
-            subject_id, image, wait, largest, idempotency_key, server_wait, self._client.timeout
+            subject_id,
+            image,
+            wait,
+            largest,
+            quality_filter,
+            idempotency_key,
+            server_wait,
+            self._client.timeout,
         )
         response = self._client.request(spec)
         body = json_of(response)
@@ -488,13 +498,21 @@ class AsyncFaces(_AsyncResource):
         image: ImageInput,
         wait: bool = True,
         largest: bool = False,
+        quality_filter: str | None = None,
         idempotency_key: str | None = None,
         timeout: float = 60.0,
     ) -> Face | Job:
         started = time.monotonic()
         server_wait = min(max(timeout, 1.0), 30.0)
         spec = spec_enroll(
-            subject_id, image, wait, largest, idempotency_key, server_wait, self._client.timeout
+            subject_id,
+            image,
+            wait,
+            largest,
+            quality_filter,
+            idempotency_key,
+            server_wait,
+            self._client.timeout,
         )
         response = await self._client.request(spec)
         body = json_of(response)

@@ -25,6 +25,11 @@ from visor._models import Face, Gallery, Subject
 EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 STATE_FILE = ".visor-enroll-state.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+QUALITY_FILTER_ARGUMENT: dict[str, Any] = {
+    "choices": ["auto", "low", "none"],
+    "help": "how strict the server is about face quality: auto (default), low (identification's floors), "
+    "none (no refusal for quality)",
+}
 
 EPILOG = """\
 environment:
@@ -188,7 +193,9 @@ def cmd_enroll(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     results: list[dict[str, Any]] = []
     for path in paths:
         try:
-            face = client.faces.enroll(subject_id=subject.id, image=path, largest=args.largest)
+            face = client.faces.enroll(
+                subject_id=subject.id, image=path, largest=args.largest, quality_filter=args.quality_filter
+            )
         except FaceRejectedError as error:
             results.append(
                 {"file": path, "status": "rejected", "reasons": error.reasons, "detail": error.detail}
@@ -282,7 +289,11 @@ def cmd_enroll_dir(client: Client, args: argparse.Namespace, out: TextIO, err: T
         key = hashlib.sha256(f"{subject.id}/{relpath}/{stat.st_size}".encode()).hexdigest()[:40]
         try:
             face = client.faces.enroll(
-                subject_id=subject.id, image=file, largest=args.largest, idempotency_key=f"enroll-dir-{key}"
+                subject_id=subject.id,
+                image=file,
+                largest=args.largest,
+                quality_filter=args.quality_filter,
+                idempotency_key=f"enroll-dir-{key}",
             )
         except FaceRejectedError as error:
             return relpath, {"status": "rejected", "reasons": error.reasons or ["unknown"]}
@@ -437,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--subject", required=True, help="the subject's external id")
     enroll.add_argument("--name", help="display name for a new subject")
     enroll.add_argument("--largest", action="store_true", help="use the largest face when there are several")
+    enroll.add_argument("--quality-filter", **QUALITY_FILTER_ARGUMENT)
     enroll.add_argument("paths", nargs="+", metavar="PATH")
 
     enroll_dir = commands.add_parser(
@@ -451,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_dir.add_argument("directory", metavar="DIR")
     enroll_dir.add_argument("--workers", type=int, default=4, help="concurrent uploads (default 4)")
     enroll_dir.add_argument("--largest", action="store_true")
+    enroll_dir.add_argument("--quality-filter", **QUALITY_FILTER_ARGUMENT)
     enroll_dir.add_argument("--retry-rejected", action="store_true", help="try rejected files again")
 
     identify = commands.add_parser(

@@ -109,6 +109,15 @@ def test_each_defect_is_named_and_lowers_the_score(crop, landmarks, detection_sc
     assert 0.0 <= quality.score < good.score
 
 
+def test_enrollment_takes_a_face_turned_as_far_as_its_template_still_matches():
+    turned_40 = assess_quality(textured_crop(), with_nose_moved(0.42, 0) * 1.5, 0.95, ENROLL_FLOORS)
+    turned_50 = assess_quality(textured_crop(), with_nose_moved(0.6, 0) * 1.5, 0.95, ENROLL_FLOORS)
+
+    assert turned_40.pose.yaw == pytest.approx(40, abs=1)
+    assert turned_40.issues == ()
+    assert turned_50.issues == (QualityIssue.EXTREME_POSE,)
+
+
 def test_enrollment_is_stricter_than_identification():
     landmarks = FRONTAL * 0.7  # about 25 px between the eyes
     crop = textured_crop(blur_sigma=1.5)
