@@ -41,14 +41,12 @@ from identity.problems import (
 from identity.serializers import face_geometry, face_representation
 from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
+from workers.pipeline.config import RIVAL_FACE_AREA_RATIO
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 
 MAX_ENROLL_FACES_CONSIDERED = 20
-# Enrollment refuses a photo with several faces (unless asked for the largest) only when another face is at
-# least this fraction of the largest's box area, i.e. at least half its width: smaller ones are background.
-RIVAL_FACE_AREA_RATIO = 0.25
 # Far longer than any enrollment runs or waits in a healthy queue.
 STALLED_JOB_AFTER = timedelta(minutes=10)
 STALLED_JOBS_PER_SWEEP = 500

@@ -13,6 +13,7 @@ fall in it and the share of same-person pairs at or above the model's FAR 1e-3 t
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from workers.evaluation.lfw import identity_of, lfw_index, stable_fraction
-from workers.pipeline.config import PipelineConfig, embedding_config
+from workers.pipeline.config import RIVAL_FACE_AREA_RATIO, PipelineConfig, embedding_config
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline
 from workers.pipeline.scoring import calibration_for
 from workers.training.datasets import LFW_DIR, split_of
@@ -38,11 +39,13 @@ def on_canvas(image: np.ndarray) -> bytes:
 
 def enrollment_faces(
     pipeline: FacePipeline, lfw_dir: Path, *, people: int, per_person: int
-) -> tuple[list[str], list[FaceAnalysis]]:
+) -> tuple[list[str], list[FaceAnalysis], Counter]:
+    """The largest face of each photo with its identity, and how many photos had several faces and how many
+    of those a face large enough to make enrollment ambiguous (RIVAL_FACE_AREA_RATIO)."""
     index = lfw_index(lfw_dir)
     eligible = [name for name in index if len(index[name]) >= 2 and split_of(name) != "train"]
     chosen = sorted(eligible, key=stable_fraction)[:people]
-    identities, faces = [], []
+    identities, faces, several = [], [], Counter()
     for name in chosen:
         for relative in index[name][:per_person]:
             image = cv2.imread(str(lfw_dir / "lfw" / relative))
@@ -50,7 +53,13 @@ def enrollment_faces(
             if analysis.faces:
                 identities.append(identity_of(relative))
                 faces.append(analysis.faces[0])
-    return identities, faces
+            if len(analysis.faces) > 1:
+                largest = analysis.faces[0].bbox.area
+                several["several faces"] += 1
+                several["a rival face"] += any(
+                    other.bbox.area >= RIVAL_FACE_AREA_RATIO * largest for other in analysis.faces[1:]
+                )
+    return identities, faces, several
 
 
 def bucket_rows(
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = replace(PipelineConfig(), embedding=embedding_config(args.model), intra_op_threads=1)
     pipeline = FacePipeline(config)
-    identities, faces = enrollment_faces(
+    identities, faces, several = enrollment_faces(
         pipeline, args.lfw_dir, people=args.people, per_person=args.per_person
     )
     threshold = calibration_for(pipeline.model_version).threshold_far_1e3
@@ -104,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     people = len(set(identities))
     print(f"{len(faces)} photos of {people} people, {pipeline.model_version}, threshold {threshold:.4f}")
+    print(
+        f"{several['several faces']} photos with several faces, {several['a rival face']} of them ambiguous"
+    )
     print("| photos | count | same-person pairs matched at FAR 1e-3 |\n| --- | --- | --- |")
     for label, count, matched in bucket_rows(identities, faces, threshold, buckets):
         print(f"| {label} | {count} | {matched:.1%} |")

@@ -80,6 +80,11 @@ IDENTIFY_FLOORS = QualityFloors(
 )
 
 
+# Enrollment refuses a photo with several faces (unless asked for the largest) only when another face is at
+# least this fraction of the largest's box area, i.e. at least half its width: smaller ones are background.
+RIVAL_FACE_AREA_RATIO = 0.25
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     enroll: QualityFloors = ENROLL_FLOORS

@@ -15,7 +15,7 @@ Method (the issue's recipe, sized for a CPU):
 - Teacher: SFace's embedding of the PLAIN aligned crop, computed once with onnxruntime (FaceEmbedder).
 - Student: initialised from SFace. Every BatchNorm is frozen (inference mode, running statistics and
   affine parameters fixed), as are dropout (off) and the 6.4M-weight pre_fc1 projection. The layers
-  up to conv_12 are frozen too (STEM_OUTPUT): they are run once per view with onnxruntime and their
+  up to conv_12 are frozen too (`--frozen-through`): they are run once per view with onnxruntime and their
   outputs cached, so each epoch runs only the fine-tuned conv_13/conv_14 blocks (1.6M weights) in torch.
 - Masks: MaskTheFace templates warped onto the aligned crop with random tint, scale and shift
   (MaskSynthesizer.apply_aligned); `--mask-variants` masked versions per image, one drawn per epoch.
@@ -247,10 +247,10 @@ def _save_faces(cache_file: Path, done: dict[str, tuple], missing: set[str], ver
 # ---------------------------------------------------------------------------------------------------------
 # Training (torch is imported lazily: the evaluation runs in the project venv too)
 
-# Everything up to and including this tensor stays SFace's and is run once per view with onnxruntime; the
-# student is SFace with the layers after it fine-tuned (except the 6.4M-weight pre_fc1 projection, frozen
-# like every BatchNorm, so the committed delta stays small).
-STEM_OUTPUT = "conv_12_relu"
+# Everything up to and including the stem output (`--frozen-through`) stays SFace's and is run once per view
+# with onnxruntime; the student is SFace with the layers after it fine-tuned (except the 6.4M-weight pre_fc1
+# projection, frozen like every BatchNorm, so the committed delta stays small).
+DEFAULT_STEM_OUTPUT = "conv_12_relu"
 FROZEN_AFTER_STEM = ("pre_fc1_weight", "pre_fc1_bias")
 
 
@@ -270,8 +270,8 @@ def _to_tensor(crops_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(crops_bgr[..., ::-1].transpose(0, 3, 1, 2)).astype(np.float32)
 
 
-def _stem_model(teacher_path: Path):
-    """The teacher graph cut at STEM_OUTPUT, with a free batch dimension (onnx package, training only)."""
+def _stem_model(teacher_path: Path, stem_output: str):
+    """The teacher graph cut at `stem_output`, with a free batch dimension (onnx package, training only)."""
     import onnx
 
     model = onnx.load(str(teacher_path))
@@ -279,7 +279,7 @@ def _stem_model(teacher_path: Path):
     kept = []
     for node in graph.node:
         kept.append(node)
-        if STEM_OUTPUT in node.output:
+        if stem_output in node.output:
             break
     needed = {name for node in kept for name in node.input}
     initializers = [t for t in graph.initializer if t.name in needed]
@@ -290,7 +290,7 @@ def _stem_model(teacher_path: Path):
     graph.input.extend(data_input)
     graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     graph.output.append(
-        onnx.helper.make_tensor_value_info(STEM_OUTPUT, onnx.TensorProto.FLOAT, ["batch", None, None, None])
+        onnx.helper.make_tensor_value_info(stem_output, onnx.TensorProto.FLOAT, ["batch", None, None, None])
     )
     return model
 
@@ -298,7 +298,7 @@ def _stem_model(teacher_path: Path):
 class StemRunner:
     """Runs the frozen stem with onnxruntime and caches its fp16 outputs under var/distill/."""
 
-    def __init__(self, teacher_path: Path, threads: int, masks) -> None:
+    def __init__(self, teacher_path: Path, stem_output: str, threads: int, masks) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -306,15 +306,18 @@ class StemRunner:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            _stem_model(teacher_path).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            _stem_model(teacher_path, stem_output).SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
         )
         self.teacher_sha256 = hashlib.sha256(teacher_path.read_bytes()).hexdigest()
+        self.stem_output = stem_output
         self.masks = masks
 
     def features(self, faces: FaceSet, *, masked_seed: int | None, variant: int = 0) -> np.ndarray:
         """(N, C, H, W) float16 stem outputs of the plain crops, or of masked crops if `masked_seed` is set
         (the mask of image p, variant v, comes from Generator([seed, v, hash(p)]), whatever the order)."""
-        parts = [self.teacher_sha256, STEM_OUTPUT, faces.paths.tolist(), masked_seed, variant]
+        parts = [self.teacher_sha256, self.stem_output, faces.paths.tolist(), masked_seed, variant]
         if masked_seed is not None:
             parts.append(_masks_version())
         key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
@@ -334,7 +337,7 @@ class StemRunner:
                         for crop, path in zip(crops, faces.paths[first : first + EMBED_BATCH], strict=True)
                     ]
                 )
-            (stem,) = self.session.run([STEM_OUTPUT], {"data": _to_tensor(crops)})
+            (stem,) = self.session.run([self.stem_output], {"data": _to_tensor(crops)})
             outputs.append(stem.astype(np.float16))
         result = np.concatenate(outputs)
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -345,14 +348,14 @@ class StemRunner:
         return result
 
 
-def _onnx_tail(teacher_path: Path):
-    """The nodes after STEM_OUTPUT and all initializers of the teacher, as numpy arrays."""
+def _onnx_tail(teacher_path: Path, stem_output: str):
+    """The nodes after `stem_output` and all initializers of the teacher, as numpy arrays."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(teacher_path))
     nodes = list(model.graph.node)
-    start = next(i for i, node in enumerate(nodes) if STEM_OUTPUT in node.output) + 1
+    start = next(i for i, node in enumerate(nodes) if stem_output in node.output) + 1
     tail = [
         (
             node.op_type,
@@ -366,8 +369,8 @@ def _onnx_tail(teacher_path: Path):
     return tail, weights
 
 
-def build_tail_module(teacher_path: Path):
-    """A torch module computing SFace from STEM_OUTPUT to the embedding, initialised from the ONNX file.
+def build_tail_module(teacher_path: Path, stem_output: str):
+    """A torch module computing SFace from `stem_output` to the embedding, initialised from the ONNX file.
 
     Trainable: the convolution weights and PReLU slopes after the stem. Frozen: every BatchNorm (inference
     mode, running statistics and affine parameters fixed), pre_fc1, dropout (inference: identity).
@@ -375,7 +378,7 @@ def build_tail_module(teacher_path: Path):
     import torch
     import torch.nn.functional as F
 
-    tail, weights = _onnx_tail(teacher_path)
+    tail, weights = _onnx_tail(teacher_path, stem_output)
 
     class Tail(torch.nn.Module):
         def __init__(self) -> None:
@@ -396,7 +399,7 @@ def build_tail_module(teacher_path: Path):
             return self.params[name] if name in self.params else getattr(self, name)
 
         def forward(self, x):
-            values = {STEM_OUTPUT: x}
+            values = {stem_output: x}
             for op, inputs, output, attrs in tail:
                 x = values[inputs[0]]
                 w = [self.tensor(name) for name in inputs[1:]]
@@ -488,7 +491,7 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     torch.set_num_threads(args.threads)
     teacher_path = args.model_dir / SFACE_FILE
     masks = MaskSynthesizer(args.templates_dir)
-    stems = StemRunner(teacher_path, args.threads, masks)
+    stems = StemRunner(teacher_path, args.frozen_through, args.threads, masks)
 
     started = time.perf_counter()
     plain = stems.features(train_faces, masked_seed=None)
@@ -503,7 +506,7 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     )
     print(f"[stem] features ready after {time.perf_counter() - started:.0f} s", flush=True)
 
-    tail, weights = build_tail_module(teacher_path)
+    tail, weights = build_tail_module(teacher_path, args.frozen_through)
     tail.eval()  # BatchNorm in inference mode (running statistics fixed), dropout off
     monitor.report(tail, "epoch 0 = SFace")
     teacher = torch.from_numpy(train_faces.teacher)
@@ -770,6 +773,12 @@ def main(argv: list[str] | None = None) -> None:
         "--limit", type=int, default=3000, help="training images (train split, <=10 per person)"
     )
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--frozen-through",
+        default=DEFAULT_STEM_OUTPUT,
+        help="last SFace tensor kept frozen and cached; every convolution after it is fine-tuned "
+        "(conv_7_relu fine-tunes conv_8..conv_14)",
+    )
     parser.add_argument("--mask-variants", type=int, default=2, help="masked versions per training image")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
