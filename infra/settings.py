@@ -192,9 +192,10 @@ CELERY_TIMEZONE = "UTC"
 # --- Face pipeline -----------------------------------------------------------------------------------
 VISOR_MODEL_DIR = Path(os.environ.get("VISOR_MODEL_DIR", BASE_DIR / "var" / "models"))
 VISOR_ONNX_THREADS = env_int("VISOR_ONNX_THREADS", 2)
-# "student-flip" (the mask-robust embedding with mirror averaging, docs/accuracy.md), "student" or "sface";
-# galleries keep the model their templates were made with until `manage.py reembed` moves them over.
-VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "student-flip")
+# "student-v2-flip" (the mask-robust embedding fine-tuned from conv_8 on, with mirror averaging,
+# docs/distillation.md), "student-flip", "student" or "sface"; galleries keep the model their templates were
+# made with until `manage.py reembed` moves them over.
+VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "student-v2-flip")
 # MaskTheFace's RGBA templates (MIT) for the synthetic-mask templates drawn at enrollment. Without them
 # enrollment stores the original template only, and masked probes match less well (docs/accuracy.md).
 VISOR_MASK_TEMPLATES_DIR = Path(

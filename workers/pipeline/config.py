@@ -13,6 +13,8 @@ YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 SFACE_FILE = "face_recognition_sface_2021dec.onnx"
 # Built by `python -m workers.pipeline.student` from SFace and Visor's committed fine-tuned tensors.
 STUDENT_FILE = "visor-masked-student.onnx"
+# The second student: conv_8 .. conv_14 fine-tuned instead of conv_13 .. conv_14 (docs/distillation.md).
+STUDENT_V2_FILE = "visor-masked-student-v2.onnx"
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,10 @@ class EmbeddingConfig:
     needs a different path, name and, if it was trained so, a different channel order or normalisation.
 
     `lower_face_tensor` names a (N, C, H, W) feature map inside the network that the mask classifier reads
-    (workers/pipeline/mask_classifier.py); None turns mask classification off. SFace's `conv_12_relu` is
-    also the student's: distillation left conv_1 .. conv_12 as they are.
+    (workers/pipeline/mask_classifier.py); None turns mask classification off. The classifier was fitted on
+    SFace's `conv_12_relu`, which the first student shares (its distillation left conv_1 .. conv_12 alone);
+    student-v2 fine-tuned conv_8 onwards, and the same classifier reads its `conv_12_relu` as well (measured
+    in docs/distillation.md).
 
     `flip_average` embeds every crop together with its mirror image and keeps the normalised sum: twice the
     embedding compute for embeddings that a misplaced landmark or an asymmetric mask moves less.
@@ -123,8 +127,9 @@ class EmbeddingConfig:
 
 
 # The embedding models the service can run, by the name VISOR_EMBEDDING_MODEL takes. All share SFace's input
-# contract; the student is SFace fine-tuned for masked faces (docs/distillation.md), and student-flip is the
-# student with mirror averaging, the default (docs/accuracy.md). Each makes its own model_version.
+# contract; the students are SFace fine-tuned for masked faces (docs/distillation.md), "-flip" means mirror
+# averaging (docs/accuracy.md). Each makes its own model_version, and each has its similarity (scoring.py)
+# and mask-aware (matching.py) calibration.
 EMBEDDING_MODELS: dict[str, EmbeddingConfig] = {
     "sface": EmbeddingConfig(),
     "student": EmbeddingConfig(
@@ -132,6 +137,11 @@ EMBEDDING_MODELS: dict[str, EmbeddingConfig] = {
     ),
     "student-flip": EmbeddingConfig(
         model_path=DEFAULT_MODEL_DIR / STUDENT_FILE, model_name="visor-masked-student-flip", flip_average=True
+    ),
+    "student-v2-flip": EmbeddingConfig(
+        model_path=DEFAULT_MODEL_DIR / STUDENT_V2_FILE,
+        model_name="visor-masked-student-v2-flip",
+        flip_average=True,
     ),
 }
 

@@ -296,8 +296,37 @@ STUDENT_FLIP_30BAB81A449B_K1 = MaskAwareCalibration(
     },
     synthetic_templates=1,
 )
+# The second student with mirror averaging (`--model student-v2-flip --synthetic 1`, w chosen on "val": 0.8),
+# one synthetic template like student-flip. Protocol (c) with it: rank-1 89.88%, FNIR at FPIR 1% 27.24%.
+STUDENT_V2_FLIP_36B27D984706_K1 = MaskAwareCalibration(
+    model_version="visor-masked-student-v2-flip-36b27d984706",
+    impostor={
+        (MASKED, ORIGINAL): ImpostorStats(0.09549, 0.08914),
+        (MASKED, SYNTHETIC_MASK): ImpostorStats(0.10876, 0.09499),
+        (UNMASKED, ORIGINAL): ImpostorStats(0.09022, 0.09023),
+        (UNMASKED, SYNTHETIC_MASK): ImpostorStats(0.10147, 0.08866),
+    },
+    fused={
+        MASKED: ImpostorStats(0.00000, 0.99192),
+        UNMASKED: ImpostorStats(0.00000, 0.98104),
+    },
+    synthetic_weight=0.8,
+    thresholds={
+        (MASKED, 0.0001): 0.42939,
+        (MASKED, 0.001): 0.37163,
+        (UNMASKED, 0.0001): 0.43038,
+        (UNMASKED, 0.001): 0.37196,
+    },
+    synthetic_templates=1,
+)
 CALIBRATIONS: dict[str, MaskAwareCalibration] = {
-    c.model_version: c for c in (SFACE_2021DEC_K2, STUDENT_30BAB81A449B_K2, STUDENT_FLIP_30BAB81A449B_K1)
+    c.model_version: c
+    for c in (
+        SFACE_2021DEC_K2,
+        STUDENT_30BAB81A449B_K2,
+        STUDENT_FLIP_30BAB81A449B_K1,
+        STUDENT_V2_FLIP_36B27D984706_K1,
+    )
 }
 
 

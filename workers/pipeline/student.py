@@ -1,7 +1,8 @@
 """Visor's mask-robust embedding model: SFace's ONNX graph with the tensors Visor fine-tuned for masked faces.
 
 SFace's weights are third-party and never committed. What Visor trained (workers/training/distill.py) is
-committed as `weights/masked_student.npz`: for every fine-tuned initializer, the difference student - SFace
+committed as a delta per student (`weights/masked_student.npz`, `weights/masked_student_v2.npz`, listed in
+STUDENTS): for every fine-tuned initializer, the difference student - SFace
 in float16, plus the SHA-256 of the exact SFace file it applies to. `build_student_model` reads SFace, adds
 the differences to those initializers and writes the student model; the graph, every other tensor and the
 input contract (112x112 RGB, raw 0..255 values) are SFace's, so the pipeline runs it with an
@@ -10,7 +11,7 @@ input contract (112x112 RGB, raw 0..255 values) are SFace's, so the pipeline run
 The patching rewrites protobuf fields directly (no `onnx` package needed at runtime), and the output is a
 pure function of the two inputs: the same files always give the same bytes, so the SHA-256 can be pinned.
 
-    python -m workers.pipeline.student [--model-dir var/models]
+    python -m workers.pipeline.student [--model-dir var/models] [--verify]    # every committed student
 """
 
 from __future__ import annotations
@@ -19,15 +20,32 @@ import argparse
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from workers.pipeline import protobuf_wire
-from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, STUDENT_FILE
+from workers.pipeline.config import DEFAULT_MODEL_DIR, SFACE_FILE, STUDENT_FILE, STUDENT_V2_FILE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DELTA_FILE = WEIGHTS_DIR / "masked_student.npz"
+
+
+@dataclass(frozen=True)
+class CommittedStudent:
+    """A student Visor ships: its key under "built" in infra/models.json, its delta and the file it builds."""
+
+    name: str
+    delta_path: Path
+    file: str
+
+
+# Every student stays buildable, so galleries enrolled with an older one keep working until reembedded.
+STUDENTS = (
+    CommittedStudent("student", DELTA_FILE, STUDENT_FILE),
+    CommittedStudent("student-v2", WEIGHTS_DIR / "masked_student_v2.npz", STUDENT_V2_FILE),
+)
 MODELS_MANIFEST = Path(__file__).resolve().parents[2] / "infra" / "models.json"
 DELTA_FORMAT = "visor-onnx-initializer-delta-v1"
 # Keys of the .npz that are metadata, not tensors.
@@ -154,9 +172,9 @@ def _varints(buffer: bytes) -> list[int]:
     return values
 
 
-def pinned_sha256(manifest_path: Path = MODELS_MANIFEST) -> str:
-    """The SHA-256 infra/models.json pins for the student built from the committed delta."""
-    return json.loads(Path(manifest_path).read_text())["built"]["student"]["sha256"]
+def pinned_sha256(name: str = "student", manifest_path: Path = MODELS_MANIFEST) -> str:
+    """The SHA-256 infra/models.json pins for the student `name` built from its committed delta."""
+    return json.loads(Path(manifest_path).read_text())["built"][name]["sha256"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,21 +182,22 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--delta", type=Path, default=DELTA_FILE)
     parser.add_argument(
         "--verify",
         action="store_true",
         help="refuse (and remove) a build whose SHA-256 differs from the pin in infra/models.json",
     )
     args = parser.parse_args(argv)
-    output = args.model_dir / STUDENT_FILE
-    sha256 = build_student_model(
-        teacher_path=args.model_dir / SFACE_FILE, delta_path=args.delta, output_path=output
-    )
-    if args.verify and sha256 != pinned_sha256():
-        output.unlink()
-        raise SystemExit(f"{output} has SHA-256 {sha256}; infra/models.json pins {pinned_sha256()}")
-    print(f"{output} sha256={sha256}")
+    for student in STUDENTS:
+        output = args.model_dir / student.file
+        sha256 = build_student_model(
+            teacher_path=args.model_dir / SFACE_FILE, delta_path=student.delta_path, output_path=output
+        )
+        pinned = pinned_sha256(student.name)
+        if args.verify and sha256 != pinned:
+            output.unlink()
+            raise SystemExit(f"{output} has SHA-256 {sha256}; infra/models.json pins {pinned}")
+        print(f"{output} sha256={sha256}")
 
 
 if __name__ == "__main__":

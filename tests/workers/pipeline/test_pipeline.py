@@ -273,21 +273,20 @@ def test_without_a_mask_synthesizer_no_synthetic_templates_are_made(face_pipelin
 
 
 def test_enrollment_draws_as_many_synthetic_templates_as_the_models_calibration_assumes(pipeline_config):
-    from workers.pipeline.config import STUDENT_FILE, embedding_config
+    from workers.pipeline.config import STUDENT_FILE, STUDENT_V2_FILE, embedding_config
     from workers.pipeline.enrollment_augmentation import DEFAULT_VARIANTS, AugmentationConfig
 
     model_dir = pipeline_config.embedding.model_path.parent
-    if not (model_dir / STUDENT_FILE).is_file():
-        pytest.skip("the student is built by `make install` (python -m workers.pipeline.student)")
+    if not all((model_dir / student).is_file() for student in (STUDENT_FILE, STUDENT_V2_FILE)):
+        pytest.skip("the students are built by `make install` (python -m workers.pipeline.student)")
 
     def variants(embedding) -> int:
         return FacePipeline(replace(pipeline_config, embedding=embedding)).augmentation.variants
 
-    calibrated = {
-        model: variants(embedding_config(model, model_dir)) for model in ("sface", "student", "student-flip")
-    }
+    models = ("sface", "student", "student-flip", "student-v2-flip")
+    calibrated = {model: variants(embedding_config(model, model_dir)) for model in models}
 
-    assert calibrated == {"sface": 2, "student": 2, "student-flip": 1}
+    assert calibrated == {"sface": 2, "student": 2, "student-flip": 1, "student-v2-flip": 1}
     assert variants(replace(pipeline_config.embedding, model_name="uncalibrated")) == DEFAULT_VARIANTS
     chosen = AugmentationConfig(variants=3)
     assert FacePipeline(pipeline_config, augmentation=chosen).augmentation is chosen

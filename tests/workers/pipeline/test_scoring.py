@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,8 @@ from workers.pipeline.calibrate import (
     read_pairs,
     ten_fold_accuracy,
 )
+from workers.pipeline.config import EMBEDDING_MODELS
+from workers.pipeline.matching import calibration_for as mask_aware_calibration_for
 from workers.pipeline.scoring import (
     SFACE_2021DEC_CALIBRATION,
     SimilarityCalibration,
@@ -16,6 +20,7 @@ from workers.pipeline.scoring import (
     cosine_similarity,
     match_confidence,
 )
+from workers.pipeline.student import MODELS_MANIFEST
 
 
 def test_cosine_similarity_of_vectors_and_matrices():
@@ -119,3 +124,22 @@ def test_pairs_file_is_read_in_the_lfw_format(tmp_path):
         Pair("Ann/Ann_0001.jpg", "Ann/Ann_0003.jpg", genuine=True),
         Pair("Ann/Ann_0002.jpg", "Bob_Smith/Bob_Smith_0012.jpg", genuine=False),
     ]
+
+
+def pinned_model_versions() -> dict[str, str]:
+    """The model_version each selectable embedding model reports, from the SHA-256 infra/models.json pins
+    for its file (no model file needed)."""
+    manifest = json.loads(MODELS_MANIFEST.read_text())
+    pinned = {
+        spec["file"]: spec["sha256"] for spec in [*manifest["models"].values(), *manifest["built"].values()]
+    }
+    return {
+        name: f"{config.model_name}-{pinned[config.model_path.name][:12]}"
+        for name, config in EMBEDDING_MODELS.items()
+    }
+
+
+@pytest.mark.parametrize(("model", "model_version"), sorted(pinned_model_versions().items()))
+def test_every_selectable_model_has_its_similarity_and_mask_aware_calibration(model, model_version):
+    assert calibration_for(model_version).model_version == model_version
+    assert mask_aware_calibration_for(model_version).model_version == model_version
