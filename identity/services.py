@@ -41,10 +41,11 @@ from identity.problems import (
 from identity.serializers import face_geometry, face_representation
 from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
-from workers.pipeline.config import RIVAL_FACE_AREA_RATIO
+from workers.pipeline.config import RIVAL_FACE_AREA_RATIO, QualityFloors
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
+from workers.pipeline.quality import quality_issues
 
 MAX_ENROLL_FACES_CONSIDERED = 20
 # Far longer than any enrollment runs or waits in a healthy queue.
@@ -267,7 +268,7 @@ def request_face_enrollment(
     subject: Subject,
     image_bytes: bytes,
     largest: bool,
-    quality_filter: QualityFilter = QualityFilter.AUTO,
+    quality_filter: QualityFilter,
     client_request: ClientRequest,
 ) -> Job:
     """Queue the enrollment of the face in `image_bytes`; a retry with the same Idempotency-Key gets the job
@@ -327,11 +328,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
     pipeline = get_face_pipeline()
     try:
-        analysis = pipeline.analyze(
-            image_bytes,
-            purpose="enroll" if quality_filter == QualityFilter.AUTO else "identify",
-            max_faces=MAX_ENROLL_FACES_CONSIDERED,
-        )
+        analysis = pipeline.analyze(image_bytes, purpose="enroll", max_faces=MAX_ENROLL_FACES_CONSIDERED)
     except ImageRejected as rejection:
         return _finish_job(
             job_id=job_id,
@@ -340,7 +337,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             error={"reason": rejection.code, "detail": rejection.detail},
         )
     chosen, rejection = _choose_enrollment_face(
-        analysis, largest=largest, check_quality=quality_filter != QualityFilter.NONE
+        analysis, largest=largest, floors=_enrollment_floors(pipeline, quality_filter)
     )
     if rejection:
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=rejection)
@@ -433,9 +430,20 @@ def purge_expired_idempotency_keys(*, older_than: timedelta = IDEMPOTENCY_KEY_LI
     return deleted
 
 
+def _enrollment_floors(pipeline: FacePipeline, quality_filter: QualityFilter) -> QualityFloors | None:
+    """The floors a face must clear to be enrolled under `quality_filter`; None: no quality refusal."""
+    return {
+        QualityFilter.AUTO: pipeline.config.quality.enroll,
+        QualityFilter.LOW: pipeline.config.quality.identify,
+        QualityFilter.NONE: None,
+    }[quality_filter]
+
+
 def _choose_enrollment_face(
-    analysis: ImageAnalysis, *, largest: bool, check_quality: bool
+    analysis: ImageAnalysis, *, largest: bool, floors: QualityFloors | None
 ) -> tuple[FaceAnalysis | None, dict | None]:
+    """The face to enroll, or why none is. The stored face keeps the issues the enrollment floors find
+    whatever `floors` decided, so a face enrolled under a lenient filter still says what is wrong with it."""
     if not analysis.faces:
         return None, {"reason": "NO_FACE", "detail": "No face was found in the image."}
     face = analysis.faces[0]  # largest first
@@ -446,11 +454,12 @@ def _choose_enrollment_face(
     if rivals and not largest:
         return None, {
             "reason": "MULTIPLE_FACES",
-            "detail": f"{1 + len(rivals)} faces of similar size were found; send one face, "
-            "or ?largest=true to enroll the largest.",
+            "detail": f"{analysis.faces_detected} faces were found, {1 + len(rivals)} of similar size; "
+            "send one face, or ?largest=true to enroll the largest.",
         }
-    if check_quality and face.quality.issues:
-        issues = [str(issue) for issue in face.quality.issues]
+    refusing = quality_issues(face.quality, face.detection_score, floors) if floors is not None else ()
+    if refusing:
+        issues = [str(issue) for issue in refusing]
         return None, {
             "reason": issues[0],
             "reasons": issues,

@@ -228,8 +228,13 @@ class SubjectFacesView(TenantAPIView):
     def post(self, request, subject_id):
         options = _validated(EnrollOptionsSerializer, _options(request))
         image = _required_image(request)
-        enrollment_options = {"largest": options["largest"], "quality_filter": options["quality_filter"]}
-        client_request = _client_request(request, options=enrollment_options, images=(image,))
+        quality_filter = QualityFilter(options["quality_filter"])
+        fingerprinted = {"largest": options["largest"]}
+        # Only a non-default filter joins the Idempotency-Key fingerprint, so a retry of a request made
+        # before the option existed still matches its first use.
+        if quality_filter != QualityFilter.AUTO:
+            fingerprinted["quality_filter"] = quality_filter.value
+        client_request = _client_request(request, options=fingerprinted, images=(image,))
         with self.tenant_transaction():
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject_id)
             job = services.request_face_enrollment(
@@ -238,7 +243,7 @@ class SubjectFacesView(TenantAPIView):
                 subject=subject,
                 image_bytes=image,
                 largest=options["largest"],
-                quality_filter=QualityFilter(options["quality_filter"]),
+                quality_filter=quality_filter,
                 client_request=client_request,
             )
         if options["wait"]:

@@ -59,10 +59,10 @@ def check_object_storage() -> str | None:
 
 @cache
 def _verified_model_files() -> tuple[str, ...]:
-    """Hashing 40 MB takes a moment, so a process verifies its model files once."""
+    """Hashing the model files (about 120 MB) takes a moment, so a process verifies them once."""
     manifest = json.loads((ROOT / "infra" / "models.json").read_text())
     problems = []
-    # "built" models (the student) are made by `make models` from a fetched one plus committed weights.
+    # "built" models (the students) are made by `make models` from a fetched one plus committed weights.
     for spec in [*manifest["models"].values(), *manifest["built"].values()]:
         path = settings.VISOR_MODEL_DIR / spec["file"]
         if not path.exists():

@@ -7,6 +7,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from infra.env import sqlalchemy_postgres_url
+from workers.pipeline.config import DEFAULT_EMBEDDING_MODEL
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,7 +196,7 @@ VISOR_ONNX_THREADS = env_int("VISOR_ONNX_THREADS", 2)
 # "student-v2-flip" (the mask-robust embedding fine-tuned from conv_8 on, with mirror averaging,
 # docs/distillation.md), "student-flip", "student" or "sface"; galleries keep the model their templates were
 # made with until `manage.py reembed` moves them over.
-VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", "student-v2-flip")
+VISOR_EMBEDDING_MODEL = os.environ.get("VISOR_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL)
 # MaskTheFace's RGBA templates (MIT) for the synthetic-mask templates drawn at enrollment. Without them
 # enrollment stores the original template only, and masked probes match less well (docs/accuracy.md).
 VISOR_MASK_TEMPLATES_DIR = Path(

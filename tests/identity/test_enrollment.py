@@ -134,10 +134,42 @@ def test_quality_filter_chooses_how_strict_enrollment_is(tenant_api, subject):
     assert auto.status_code == 422
     assert auto.json()["reasons"] == ["BLURRY"]
     assert low.status_code == 201, low.content
+    assert low.json()["quality"]["issues"] == ["BLURRY"], "judged by the enrollment floors, enrolled anyway"
     assert low_refused.status_code == 422
     assert low_refused.json()["reasons"] == ["BLURRY"]
     assert none.status_code == 201, none.content
     assert none.json()["quality"]["issues"] == ["BLURRY"], "the stored face still says what is wrong with it"
+
+
+def test_a_job_queued_before_quality_filter_existed_is_judged_by_the_enrollment_floors(tenant_api, subject):
+    with operator_transaction():
+        job = Job.objects.create(
+            tenant=tenant_api.tenant,
+            kind=Job.Kind.ENROLL_FACE,
+            subject_id=subject["id"],
+            options={"largest": False},
+            input_image=blurred_portrait(4),
+        )
+
+    finished = services.process_face_enrollment(job_id=str(job.id), tenant_id=str(tenant_api.tenant.id))
+
+    assert finished.status == Job.Status.FAILED
+    assert finished.error["reasons"] == ["BLURRY"]
+
+
+def test_an_idempotency_key_reused_with_another_quality_filter_is_refused(tenant_api, subject):
+    headers = {"Idempotency-Key": "enroll-blurred"}
+    path = f"/v1/subjects/{subject['id']}/faces?wait=true"
+    image = blurred_portrait(4)
+    first = tenant_api.post(path, {"image": upload_file(image)}, headers=headers)
+
+    retry_as_low = tenant_api.post(
+        f"{path}&quality_filter=low", {"image": upload_file(image)}, headers=headers
+    )
+
+    assert first.status_code == 422
+    assert retry_as_low.status_code == 422
+    assert retry_as_low.json()["type"].endswith("/idempotency-key-reused")
 
 
 def test_an_unknown_quality_filter_is_a_validation_problem(tenant_api, subject):

@@ -3,11 +3,12 @@
 import io
 import json
 
+import cv2
 import numpy as np
 import pytest
 from visor.cli import STATE_FILE, main
 
-from tests.face_images import encode, person_image
+from tests.face_images import encode, face_photo, person_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,3 +116,28 @@ def test_enroll_dir_uploads_concurrently_summarises_rejections_and_resumes(visor
     code, out, _ = visor_cli("subjects", "list", "--gallery", "Crowd", "--json")
     faces = {s["external_id"]: s["face_count"] for s in json.loads(out)}
     assert faces == {"p1": 2, "p2": 2, "p3": 0}
+
+
+def test_enroll_dir_retries_rejected_photos_under_a_more_lenient_quality_filter(visor_cli, tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "p1").mkdir(parents=True)
+    (photos / "p1" / "0.jpg").write_bytes(encode(cv2.GaussianBlur(face_photo(size=110), (0, 0), 4)))
+    assert visor_cli("galleries", "create", "Soft")[0] == 0
+
+    first = visor_cli("enroll-dir", "--gallery", "Soft", str(photos), "--json")
+    again = visor_cli(
+        "enroll-dir",
+        "--gallery",
+        "Soft",
+        str(photos),
+        "--json",
+        "--retry-rejected",
+        "--quality-filter",
+        "low",
+    )
+
+    assert json.loads(first[1])["rejected"] == 1, first
+    assert json.loads(again[1])["enrolled"] == 1, again
+    state = json.loads((photos / STATE_FILE).read_text())
+    (files,) = state["galleries"].values()
+    assert files["p1/0.jpg"]["status"] == "enrolled"

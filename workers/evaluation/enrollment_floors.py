@@ -7,7 +7,7 @@ a client would send it) goes through the production pipeline with the enrollment
 compared with the person's other photos. The table gives, per quality measurement bucket, how many photos
 fall in it and the share of same-person pairs at or above the model's FAR 1e-3 threshold.
 
-    .venv/bin/python -m workers.evaluation.enrollment_floors --people 700
+    .venv/bin/python -m workers.evaluation.enrollment_floors --model student-flip --people 700
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ import cv2
 import numpy as np
 
 from workers.evaluation.lfw import identity_of, lfw_index, stable_fraction
-from workers.pipeline.config import RIVAL_FACE_AREA_RATIO, PipelineConfig, embedding_config
+from workers.pipeline.config import (
+    DEFAULT_EMBEDDING_MODEL,
+    RIVAL_FACE_AREA_RATIO,
+    PipelineConfig,
+    embedding_config,
+)
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline
 from workers.pipeline.scoring import calibration_for
 from workers.training.datasets import LFW_DIR, split_of
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--lfw-dir", type=Path, default=LFW_DIR)
-    parser.add_argument("--model", default="student-flip")
+    parser.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
     parser.add_argument("--people", type=int, default=700)
     parser.add_argument("--per-person", type=int, default=4)
     args = parser.parse_args(argv)

@@ -55,11 +55,11 @@ class QualityFloors:
 
 # Enrollment templates are what every later search is compared with, so they must be good: sharp, well lit,
 # large enough and not far from frontal. Identification accepts what cameras really produce and lets the score
-# decide. The yaw floor is where templates start to fail, not where faces stop looking frontal
-# (`python -m workers.evaluation.enrollment_floors`: 1,373 LFW photos of 483 people the student never trained
-# on; same-person pairs at the FAR 1e-3 threshold): templates turned 30-40 degrees matched 96.6%, 0-15
-# degrees 98.6%. A 30-degree floor refused 7.6% of those photos to save about one point on them; a refused
-# enrollment leaves the person unfindable.
+# decide. The yaw floor is where templates start to fail, not where faces stop looking frontal (`python -m
+# workers.evaluation.enrollment_floors --model student-flip`: 1,373 LFW photos of 483 people the student
+# never trained on; same-person pairs at the FAR 1e-3 threshold): templates turned 30-40 degrees matched
+# 96.6%, 0-15 degrees 98.6%. A 30-degree floor refused 7.6% of those photos to save about one point on
+# them; a refused enrollment leaves the person unfindable.
 ENROLL_FLOORS = QualityFloors(
     min_inter_eye_px=32.0,
     min_sharpness=60.0,
@@ -144,6 +144,10 @@ EMBEDDING_MODELS: dict[str, EmbeddingConfig] = {
         flip_average=True,
     ),
 }
+
+
+# What the service runs unless VISOR_EMBEDDING_MODEL says otherwise.
+DEFAULT_EMBEDDING_MODEL = "student-v2-flip"
 
 
 def embedding_config(model: str, model_dir: Path | str = DEFAULT_MODEL_DIR) -> EmbeddingConfig:

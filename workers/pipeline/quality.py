@@ -11,7 +11,7 @@ other hand, come from the floors of the purpose (strict for enrollment, lenient 
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import cv2
@@ -120,24 +120,6 @@ def assess_quality(
     face_brightness = brightness(aligned_crop)
     pose = estimate_pose(points)
 
-    issues = []
-    if inter_eye_px < floors.min_inter_eye_px:
-        issues.append(QualityIssue.SMALL_FACE)
-    if face_sharpness < floors.min_sharpness:
-        issues.append(QualityIssue.BLURRY)
-    if face_brightness < floors.min_brightness:
-        issues.append(QualityIssue.UNDEREXPOSED)
-    if face_brightness > floors.max_brightness:
-        issues.append(QualityIssue.OVEREXPOSED)
-    if (
-        abs(pose.yaw) > floors.max_yaw_deg
-        or abs(pose.pitch) > floors.max_pitch_deg
-        or abs(pose.roll) > floors.max_roll_deg
-    ):
-        issues.append(QualityIssue.EXTREME_POSE)
-    if detection_score < floors.min_detection_score:
-        issues.append(QualityIssue.LOW_CONFIDENCE)
-
     factors = (
         _ramp(inter_eye_px, zero_at=8.0, one_at=40.0),
         _ramp(face_sharpness, zero_at=5.0, one_at=150.0),
@@ -150,14 +132,40 @@ def assess_quality(
         _ramp(abs(pose.roll), zero_at=90.0, one_at=20.0),
         _ramp(detection_score, zero_at=0.3, one_at=0.8),
     )
-    return FaceQuality(
+    measured = FaceQuality(
         score=round(math.prod(factors), 4),
-        issues=tuple(issues),
+        issues=(),
         inter_eye_px=inter_eye_px,
         sharpness=face_sharpness,
         brightness=face_brightness,
         pose=pose,
     )
+    return replace(measured, issues=quality_issues(measured, detection_score, floors))
+
+
+def quality_issues(
+    quality: FaceQuality, detection_score: float, floors: QualityFloors
+) -> tuple[QualityIssue, ...]:
+    """The issues `floors` find in a face's measurements (the same face judged for another purpose)."""
+    issues = []
+    if quality.inter_eye_px < floors.min_inter_eye_px:
+        issues.append(QualityIssue.SMALL_FACE)
+    if quality.sharpness < floors.min_sharpness:
+        issues.append(QualityIssue.BLURRY)
+    if quality.brightness < floors.min_brightness:
+        issues.append(QualityIssue.UNDEREXPOSED)
+    if quality.brightness > floors.max_brightness:
+        issues.append(QualityIssue.OVEREXPOSED)
+    pose = quality.pose
+    if (
+        abs(pose.yaw) > floors.max_yaw_deg
+        or abs(pose.pitch) > floors.max_pitch_deg
+        or abs(pose.roll) > floors.max_roll_deg
+    ):
+        issues.append(QualityIssue.EXTREME_POSE)
+    if detection_score < floors.min_detection_score:
+        issues.append(QualityIssue.LOW_CONFIDENCE)
+    return tuple(issues)
 
 
 def _ramp(value: float, *, zero_at: float, one_at: float) -> float:

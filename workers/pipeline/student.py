@@ -34,18 +34,23 @@ DELTA_FILE = WEIGHTS_DIR / "masked_student.npz"
 
 @dataclass(frozen=True)
 class CommittedStudent:
-    """A student Visor ships: its key under "built" in infra/models.json, its delta and the file it builds."""
+    """A student Visor ships: its key under "built" in infra/models.json, its delta, the file it builds and
+    the last SFace tensor its distillation left as it was (workers.training.distill --student)."""
 
     name: str
     delta_path: Path
     file: str
+    frozen_through: str
 
 
 # Every student stays buildable, so galleries enrolled with an older one keep working until reembedded.
 STUDENTS = (
-    CommittedStudent("student", DELTA_FILE, STUDENT_FILE),
-    CommittedStudent("student-v2", WEIGHTS_DIR / "masked_student_v2.npz", STUDENT_V2_FILE),
+    CommittedStudent("student", DELTA_FILE, STUDENT_FILE, frozen_through="conv_12_relu"),
+    CommittedStudent(
+        "student-v2", WEIGHTS_DIR / "masked_student_v2.npz", STUDENT_V2_FILE, frozen_through="conv_7_relu"
+    ),
 )
+STUDENTS_BY_NAME = {student.name: student for student in STUDENTS}
 MODELS_MANIFEST = Path(__file__).resolve().parents[2] / "infra" / "models.json"
 DELTA_FORMAT = "visor-onnx-initializer-delta-v1"
 # Keys of the .npz that are metadata, not tensors.

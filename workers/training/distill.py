@@ -6,6 +6,8 @@ about 20 min for the frozen stem's features (cached) and about 3 min per epoch:
     python3 -m venv var/train-venv
     var/train-venv/bin/pip install torch==2.13.0 numpy opencv-python-headless pillow onnx onnxruntime
     var/train-venv/bin/python -m workers.training.distill --limit 3000 --epochs 3 --seed 0
+    # student-v2, fine-tuned from conv_8 on (writes masked_student_v2.npz and visor-masked-student-v2.onnx):
+    var/train-venv/bin/python -m workers.training.distill --student student-v2 --limit 9000 --epochs 4
     .venv/bin/python -m workers.training.distill --evaluate-only      # evaluation alone, no torch needed
 
 Method (the issue's recipe, sized for a CPU):
@@ -15,8 +17,9 @@ Method (the issue's recipe, sized for a CPU):
 - Teacher: SFace's embedding of the PLAIN aligned crop, computed once with onnxruntime (FaceEmbedder).
 - Student: initialised from SFace. Every BatchNorm is frozen (inference mode, running statistics and
   affine parameters fixed), as are dropout (off) and the 6.4M-weight pre_fc1 projection. The layers
-  up to conv_12 are frozen too (`--frozen-through`): they are run once per view with onnxruntime and their
-  outputs cached, so each epoch runs only the fine-tuned conv_13/conv_14 blocks (1.6M weights) in torch.
+  up to conv_12 (conv_7 for `--student student-v2`) are frozen too: they are run once per view with
+  onnxruntime and their outputs cached, so each epoch runs only the fine-tuned blocks in torch (conv_13 and
+  conv_14: 1.6M weights; conv_8 to conv_14: 2.9M).
 - Masks: MaskTheFace templates warped onto the aligned crop with random tint, scale and shift
   (MaskSynthesizer.apply_aligned); `--mask-variants` masked versions per image, one drawn per epoch.
 - Loss: (1 - cos(student(masked), teacher(plain))) + plain_weight * (1 - cos(student(plain), teacher(plain))).
@@ -56,10 +59,10 @@ from workers.pipeline.config import (
 from workers.pipeline.detection import FaceDetector
 from workers.pipeline.embedding import FaceEmbedder
 from workers.pipeline.intake import decode_image
+from workers.pipeline.student import STUDENTS_BY_NAME
 from workers.training.datasets import LFW_DIR, lfw_images, split_of
 
 CACHE_DIR = REPO_ROOT / "var" / "distill"
-DEFAULT_DELTA = REPO_ROOT / "workers" / "pipeline" / "weights" / "masked_student.npz"
 EMBED_BATCH = 64
 SUBSET_SEED = 20240601
 MAX_TRAIN_IMAGES_PER_IDENTITY = 10
@@ -247,10 +250,9 @@ def _save_faces(cache_file: Path, done: dict[str, tuple], missing: set[str], ver
 # ---------------------------------------------------------------------------------------------------------
 # Training (torch is imported lazily: the evaluation runs in the project venv too)
 
-# Everything up to and including the stem output (`--frozen-through`) stays SFace's and is run once per view
-# with onnxruntime; the student is SFace with the layers after it fine-tuned (except the 6.4M-weight pre_fc1
-# projection, frozen like every BatchNorm, so the committed delta stays small).
-DEFAULT_STEM_OUTPUT = "conv_12_relu"
+# Everything up to and including the stem output (the student's `frozen_through`) stays SFace's and is run
+# once per view with onnxruntime; the student is SFace with the layers after it fine-tuned (except the
+# 6.4M-weight pre_fc1 projection, frozen like every BatchNorm, so the committed delta stays small).
 FROZEN_AFTER_STEM = ("pre_fc1_weight", "pre_fc1_bias")
 
 
@@ -478,7 +480,6 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     import torch
     import torch.nn.functional as F
 
-    from workers.pipeline.config import STUDENT_FILE
     from workers.pipeline.masks import MaskSynthesizer
     from workers.pipeline.student import (
         DELTA_FORMAT,
@@ -491,7 +492,7 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     torch.set_num_threads(args.threads)
     teacher_path = args.model_dir / SFACE_FILE
     masks = MaskSynthesizer(args.templates_dir)
-    stems = StemRunner(teacher_path, args.frozen_through, args.threads, masks)
+    stems = StemRunner(teacher_path, args.student.frozen_through, args.threads, masks)
 
     started = time.perf_counter()
     plain = stems.features(train_faces, masked_seed=None)
@@ -506,7 +507,7 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     )
     print(f"[stem] features ready after {time.perf_counter() - started:.0f} s", flush=True)
 
-    tail, weights = build_tail_module(teacher_path, args.frozen_through)
+    tail, weights = build_tail_module(teacher_path, args.student.frozen_through)
     tail.eval()  # BatchNorm in inference mode (running statistics fixed), dropout off
     monitor.report(tail, "epoch 0 = SFace")
     teacher = torch.from_numpy(train_faces.teacher)
@@ -567,7 +568,7 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
         f"({args.output.stat().st_size / 1e6:.2f} MB)",
         flush=True,
     )
-    student_path = args.model_dir / STUDENT_FILE
+    student_path = args.model_dir / args.student.file
     sha256 = build_student_model(teacher_path=teacher_path, delta_path=args.output, output_path=student_path)
     print(f"[export] {student_path} sha256={sha256}", flush=True)
 
@@ -666,7 +667,6 @@ def masked_probe_crops(
 
 
 def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Path) -> dict:
-    from workers.pipeline.config import embedding_config
     from workers.pipeline.masks import MaskSynthesizer
 
     masks = MaskSynthesizer(args.templates_dir)
@@ -676,9 +676,7 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
     pairs = held_out_pairs(args.lfw_dir)
     embedders = {
         "SFace": models.teacher,
-        "student": FaceEmbedder.from_config(
-            embedding_config("student", student_path.parent), intra_op_threads=args.threads
-        ),
+        "student": FaceEmbedder(student_path, model_name=student_path.stem, intra_op_threads=args.threads),
     }
     report: dict = {
         "test_people_with_2plus_images": len(gallery_rows),
@@ -767,18 +765,25 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="mask templates (default: ../shared/data/mask_templates)",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_DELTA, help="where the fp16 delta .npz goes")
+    parser.add_argument(
+        "--student",
+        choices=sorted(STUDENTS_BY_NAME),
+        default="student",
+        help="which committed student to train or evaluate: how deep it is fine-tuned (student: conv_13 on, "
+        "student-v2: conv_8 on), its delta and its model file",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where the fp16 delta .npz goes "
+        "(default: the student's committed delta in workers/pipeline/weights)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--limit", type=int, default=3000, help="training images (train split, <=10 per person)"
     )
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument(
-        "--frozen-through",
-        default=DEFAULT_STEM_OUTPUT,
-        help="last SFace tensor kept frozen and cached; every convolution after it is fine-tuned "
-        "(conv_7_relu fine-tunes conv_8..conv_14)",
-    )
     parser.add_argument("--mask-variants", type=int, default=2, help="masked versions per training image")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -786,11 +791,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--monitor", type=int, default=400, help="val images in the per-epoch held-out check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prepare-only", action="store_true", help="only detect, align and teacher-embed")
-    parser.add_argument(
-        "--evaluate-only", action="store_true", help="evaluate var/models/" + "visor-masked-student.onnx"
-    )
+    parser.add_argument("--evaluate-only", action="store_true", help="evaluate the student's built model")
     parser.add_argument("--no-evaluate", action="store_true")
     args = parser.parse_args(argv)
+    args.student = STUDENTS_BY_NAME[args.student]
+    args.output = args.output or args.student.delta_path
 
     models = Models(args.model_dir, args.threads)
     faces = {
@@ -807,9 +812,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.prepare_only:
         return
-    from workers.pipeline.config import STUDENT_FILE
-
-    student_path = args.model_dir / STUDENT_FILE
+    student_path = args.model_dir / args.student.file
     if not args.evaluate_only:
         train_ids = set(faces["train"].identities)
         if train_ids & (set(faces["val"].identities) | set(faces["test"].identities)):

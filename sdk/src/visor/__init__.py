@@ -6,7 +6,7 @@ result = client.identify(gallery_id=gallery.id, image="probe.jpg")
 """
 
 from visor import webhooks
-from visor._base import DEFAULT_BASE_URL, RetryPolicy, __version__
+from visor._base import DEFAULT_BASE_URL, QualityFilter, RetryPolicy, __version__
 from visor._client import AsyncClient, Client
 from visor._errors import (
     APIConnectionError,
@@ -75,6 +75,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "Quality",
+    "QualityFilter",
     "QuotaExceededError",
     "RateLimitError",
     "RetryPolicy",

@@ -9,12 +9,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from visor._errors import VisorError, error_from_response
 from visor._images import ImageInput, image_part
+
+# How strict enrollment is about face quality (the server's `quality_filter`).
+QualityFilter = Literal["auto", "low", "none"]
 
 __version__ = "0.1.0"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -209,7 +212,7 @@ def spec_enroll(
     image: ImageInput,
     wait: bool,
     largest: bool,
-    quality_filter: str | None,
+    quality_filter: QualityFilter | None,
     idempotency_key: str | None,
     server_wait: float,
     timeout: float,

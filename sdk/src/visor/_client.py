@@ -14,6 +14,7 @@ from visor._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     BaseClient,
+    QualityFilter,
     RequestSpec,
     RetryPolicy,
     job_failure,
@@ -240,7 +241,7 @@ class Faces(_Resource):
         image: ImageInput,
         wait: bool = True,
         largest: bool = False,
-        quality_filter: str | None = None,
+        quality_filter: QualityFilter | None = None,
         idempotency_key: str | None = None,
         timeout: float = 60.0,
     ) -> Face | Job:
@@ -498,7 +499,7 @@ class AsyncFaces(_AsyncResource):
         image: ImageInput,
         wait: bool = True,
         largest: bool = False,
-        quality_filter: str | None = None,
+        quality_filter: QualityFilter | None = None,
         idempotency_key: str | None = None,
         timeout: float = 60.0,
     ) -> Face | Job:

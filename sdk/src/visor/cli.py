@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
+from visor._base import QualityFilter
 from visor._client import Client
 from visor._errors import ConflictError, FaceRejectedError, NotFoundError, VisorError
 from visor._models import Face, Gallery, Subject
@@ -26,7 +27,7 @@ EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 STATE_FILE = ".visor-enroll-state.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 QUALITY_FILTER_ARGUMENT: dict[str, Any] = {
-    "choices": ["auto", "low", "none"],
+    "choices": get_args(QualityFilter),
     "help": "how strict the server is about face quality: auto (default), low (identification's floors), "
     "none (no refusal for quality)",
 }
@@ -285,8 +286,10 @@ def cmd_enroll_dir(client: Client, args: argparse.Namespace, out: TextIO, err: T
         relpath = file.relative_to(directory).as_posix()
         subject = subjects[external_id]
         stat = file.stat()
-        # A stable key per (subject, file): a rerun after a crash gets the earlier job back, not a duplicate.
-        key = hashlib.sha256(f"{subject.id}/{relpath}/{stat.st_size}".encode()).hexdigest()[:40]
+        # A stable key per (subject, file, options): a rerun after a crash gets the earlier job back, not a
+        # duplicate, and a rerun with other options (--retry-rejected --largest) is a new request.
+        request = f"{subject.id}/{relpath}/{stat.st_size}/{args.largest}/{args.quality_filter}"
+        key = hashlib.sha256(request.encode()).hexdigest()[:40]
         try:
             face = client.faces.enroll(
                 subject_id=subject.id,

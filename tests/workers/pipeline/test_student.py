@@ -90,11 +90,6 @@ def test_build_is_deterministic_and_gives_the_pinned_model(teacher_path, student
     assert sha256 != hashlib.sha256(teacher_path.read_bytes()).hexdigest()
 
 
-def test_every_student_has_its_own_delta_and_model_file():
-    assert len({student.file for student in STUDENTS}) == len(STUDENTS)
-    assert len({student.delta_path for student in STUDENTS}) == len(STUDENTS)
-
-
 STUDENT_MODEL_NAME = "visor-masked-student"
 
 
@@ -129,16 +124,19 @@ def test_the_first_student_shares_sfaces_lower_face_activations(teacher_path, tm
 
 
 @pytest.mark.parametrize(
-    ("model", "file", "name"),
+    ("model", "file", "name", "flip_average"),
     [
-        ("student", "visor-masked-student.onnx", STUDENT_MODEL_NAME),
-        ("student-v2-flip", "visor-masked-student-v2.onnx", "visor-masked-student-v2-flip"),
+        ("student", "visor-masked-student.onnx", STUDENT_MODEL_NAME, False),
+        ("student-v2-flip", "visor-masked-student-v2.onnx", "visor-masked-student-v2-flip", True),
     ],
 )
-def test_embedding_config_differs_from_sface_only_in_file_and_name(model, file, name):
+def test_a_students_embedding_config_is_sfaces_input_contract_with_its_own_file(
+    model, file, name, flip_average
+):
     config = embedding_config(model, DEFAULT_MODEL_DIR)
     assert config.model_path == DEFAULT_MODEL_DIR / file
     assert config.model_name == name
+    assert config.flip_average is flip_average
     assert (config.channel_order, config.input_mean, config.input_scale) == ("rgb", 0.0, 1.0)
     assert config.lower_face_tensor == "conv_12_relu"
 
