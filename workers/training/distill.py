@@ -25,14 +25,16 @@ Method (the issue's recipe, sized for a CPU):
 - Loss: (1 - cos(student(masked), teacher(plain))) + plain_weight * (1 - cos(student(plain), teacher(plain))).
 - Per epoch: the mean losses and a held-out check on val people (never trained on): cosine of the
   student's masked and plain embeddings to SFace's plain one, and masked rank-1 among them.
-- Export: the fine-tuned tensors minus SFace's, in float16, to workers/pipeline/weights/masked_student.npz;
-  workers.pipeline.student builds var/models/visor-masked-student.onnx from SFace + that file.
-- Evaluation (test people only, never trained on; both models through FaceEmbedder on the crops the
+- Export: the fine-tuned tensors minus SFace's, in float16, to the student's delta (workers/pipeline/weights);
+  workers.pipeline.student builds its model (var/models/visor-masked-student*.onnx) from SFace + that file.
+- Evaluation (test people only, never trained on; SFace, the student and every other committed student built
+  beside it, through FaceEmbedder (`--flip`: with mirror averaging) on the crops the
   production detector and aligner produce): pairs.txt accuracy on the pairs whose people are all outside
   the training split (10-fold, pairs.txt's own folds), masked rank-1 (gallery: first photo of each test
   person with 2+ photos; probes: their other photos with a mask drawn on the full photo, seed EVAL_SEED,
-  then detected and aligned again) and TAR at FAR 1e-3 of masked probe vs unmasked gallery pairs.
-  Written to var/distill/eval-report.json; docs/distillation.md has the numbers.
+  then detected and aligned again), TAR at FAR 1e-3 of masked probe vs unmasked gallery pairs, and McNemar
+  tests of the student's rank-1 hits against each other model's. Written to var/distill/eval-report.json;
+  docs/distillation.md has the numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -614,9 +617,23 @@ def _gallery_and_probes(identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.array(gallery, dtype=int), np.array(probes, dtype=int)
 
 
+def _rank1_hits(
+    gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, probe_ids: np.ndarray
+) -> np.ndarray:
+    """Per probe: is its most similar gallery face the same person?"""
+    return gallery_ids[np.argmax(probes @ gallery.T, axis=1)] == probe_ids
+
+
 def _rank1(gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, probe_ids: np.ndarray) -> float:
-    best = np.argmax(probes @ gallery.T, axis=1)
-    return float(np.mean(gallery_ids[best] == probe_ids))
+    return float(np.mean(_rank1_hits(gallery, gallery_ids, probes, probe_ids)))
+
+
+def mcnemar(hits_a: np.ndarray, hits_b: np.ndarray) -> dict[str, float | int]:
+    """Probes only A gets right, only B gets right, and the exact two-sided McNemar p-value."""
+    only_a, only_b = int(np.sum(hits_a & ~hits_b)), int(np.sum(hits_b & ~hits_a))
+    discordant, fewer = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(discordant, k) for k in range(fewer + 1)) / 2**discordant if discordant else 0.5
+    return {"only_a_right": only_a, "only_b_right": only_b, "p_value": min(1.0, 2 * tail)}
 
 
 def _far_threshold(impostors: np.ndarray, far: float) -> float:
@@ -674,10 +691,18 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
     probe_crops, detected = masked_probe_crops(test, probe_rows, args.lfw_dir, models, masks)
     distractor_rows = np.setdiff1d(np.arange(len(test.paths)), np.concatenate([gallery_rows, probe_rows]))
     pairs = held_out_pairs(args.lfw_dir)
+
+    def embedder(path: Path) -> FaceEmbedder:
+        return FaceEmbedder(path, model_name=path.stem, intra_op_threads=args.threads, flip_average=args.flip)
+
+    # SFace, the student evaluated, then every other committed student built beside it.
     embedders = {
-        "SFace": models.teacher,
-        "student": FaceEmbedder(student_path, model_name=student_path.stem, intra_op_threads=args.threads),
+        "SFace": embedder(args.model_dir / SFACE_FILE) if args.flip else models.teacher,
+        args.student.name: embedder(student_path),
     }
+    for other in STUDENTS_BY_NAME.values():
+        if other.name != args.student.name and (student_path.parent / other.file).is_file():
+            embedders[other.name] = embedder(student_path.parent / other.file)
     report: dict = {
         "test_people_with_2plus_images": len(gallery_rows),
         "masked_probes": len(probe_rows),
@@ -685,22 +710,20 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
         "distractors": len(distractor_rows),
         "held_out_pairs": len(pairs),
         "held_out_pairs_genuine": sum(p[2] for p in pairs),
+        "mirror_averaged": args.flip,
         "models": {},
     }
-    masked_by_model: dict[str, np.ndarray] = {}
-    gallery_by_model: dict[str, np.ndarray] = {}
-    for name, embedder in embedders.items():
+    hits: dict[str, dict[str, np.ndarray]] = {"masked_rank1": {}, "masked_rank1_with_distractors": {}}
+    for name, model in embedders.items():
         started = time.perf_counter()
-        if embedder is models.teacher:  # prepare_faces embedded these very crops with this very embedder
+        if model is models.teacher:  # prepare_faces embedded these very crops with this very embedder
             plain, val_plain = test.teacher, val.teacher
         else:
-            plain, val_plain = _embed(embedder, test.crops), _embed(embedder, val.crops)
-        masked = _embed(embedder, probe_crops)
+            plain, val_plain = _embed(model, test.crops), _embed(model, val.crops)
+        masked = _embed(model, probe_crops)
         masked[~detected] = 0.0  # an undetected masked face matches nothing
-        masked_by_model[name] = masked
         ids = test.identities
         gallery, gallery_ids = plain[gallery_rows], ids[gallery_rows]
-        gallery_by_model[name] = gallery
         probe_ids = ids[probe_rows]
         scores = masked @ gallery.T
         genuine = scores[probe_ids[:, None] == gallery_ids[None, :]]
@@ -709,6 +732,10 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
         plain_scores = plain[probe_rows] @ gallery.T
         plain_threshold = _far_threshold(plain_scores[probe_ids[:, None] != gallery_ids[None, :]], 1e-3)
         with_distractors = np.concatenate([gallery_rows, distractor_rows])
+        hits["masked_rank1"][name] = _rank1_hits(gallery, gallery_ids, masked, probe_ids)
+        hits["masked_rank1_with_distractors"][name] = _rank1_hits(
+            plain[with_distractors], ids[with_distractors], masked, probe_ids
+        )
 
         by_path = {p: e for p, e in zip(test.paths.tolist(), plain, strict=True)}
         by_path.update(zip(val.paths.tolist(), val_plain, strict=True))
@@ -725,13 +752,11 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
             threshold_fold = _best_threshold(similarities[folds != fold], labels[folds != fold])
             correct += int(((similarities[folds == fold] >= threshold_fold) == labels[folds == fold]).sum())
         report["models"][name] = {
-            "model_version": embedder.model_version,
+            "model_version": model.model_version,
             "held_out_pairs_accuracy_10fold": correct / len(pairs),
             "unmasked_rank1": _rank1(gallery, gallery_ids, plain[probe_rows], probe_ids),
-            "masked_rank1": _rank1(gallery, gallery_ids, masked, probe_ids),
-            "masked_rank1_with_distractors": _rank1(
-                plain[with_distractors], ids[with_distractors], masked, probe_ids
-            ),
+            "masked_rank1": float(np.mean(hits["masked_rank1"][name])),
+            "masked_rank1_with_distractors": float(np.mean(hits["masked_rank1_with_distractors"][name])),
             "masked_vs_unmasked_tar_at_far_1e-3": float(np.mean(genuine >= threshold)),
             "masked_vs_unmasked_threshold_far_1e-3": threshold,
             "unmasked_tar_at_far_1e-3": float(
@@ -740,13 +765,14 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
             "impostor_pairs": len(impostor),
             "embed_seconds": time.perf_counter() - started,
         }
-    # Paired comparison of the masked rank-1 hits (McNemar): probes only one of the two models gets right.
-    hits = {
-        name: gallery_ids[np.argmax(masked_by_model[name] @ gallery_by_model[name].T, axis=1)] == probe_ids
-        for name in embedders
+    # Paired comparison with every other model (McNemar): probes only one of the two gets right.
+    report["paired"] = {
+        f"{args.student.name} vs {other}": {
+            metric: mcnemar(by_model[args.student.name], by_model[other]) for metric, by_model in hits.items()
+        }
+        for other in embedders
+        if other != args.student.name
     }
-    report["masked_rank1_only_student_right"] = int(np.sum(hits["student"] & ~hits["SFace"]))
-    report["masked_rank1_only_sface_right"] = int(np.sum(hits["SFace"] & ~hits["student"]))
     print(json.dumps(report, indent=2), flush=True)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     (CACHE_DIR / "eval-report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -793,6 +819,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepare-only", action="store_true", help="only detect, align and teacher-embed")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the student's built model")
     parser.add_argument("--no-evaluate", action="store_true")
+    parser.add_argument(
+        "--flip", action="store_true", help="evaluate with mirror averaging, as the -flip models are served"
+    )
     args = parser.parse_args(argv)
     args.student = STUDENTS_BY_NAME[args.student]
     args.output = args.output or args.student.delta_path
