@@ -427,7 +427,7 @@ class Evaluation:
         result.extra["rwmfd_faces_listed_not_masked"] = rwmfd_masked.count(False)
         rwmfd_keys = [k for k, masked in zip(rwmfd_keys, rwmfd_masked, strict=True) if masked]
         # The naive baseline: logistic regression on the SFace embedding, trained on "train" identities.
-        classifiers = {"baseline": _LinearProbe(run, data["train"])}
+        classifiers = {"baseline": (_LinearProbe(run, data["train"]), extractor)}
         result.extra["baseline"] = (
             "logistic regression on SFace embeddings (LFW train split, plain vs masked)"
         )
@@ -435,8 +435,13 @@ class Evaluation:
         if isinstance(real, str):
             result.extra["mask_classifier"] = real
         else:
-            classifiers["mask_classifier"] = real
-        for name, classifier in classifiers.items():
+            # The pipeline's classifier reads the embedding network's activations: SFace's, and those of each
+            # other model measured, since a student fine-tuned below conv_12 changes them.
+            classifiers["mask_classifier"] = (real, extractor)
+            for model in models:
+                if model != "sface":
+                    classifiers[f"mask_classifier on {model}"] = (real, self.model_run(model).extractor)
+        for name, (classifier, extractor) in classifiers.items():
             plain_keys, mask_keys = data["test"]
             predicted_plain = _predict(classifier, extractor, "lfw", plain_keys)
             predicted_mask = _predict(classifier, extractor, "lfw", mask_keys)

@@ -23,7 +23,7 @@ import numpy as np
 
 from workers.evaluation.plots import det_svg, roc_svg
 from workers.evaluation.protocols import PROTOCOLS, Evaluation, EvaluationConfig, ProtocolResult
-from workers.pipeline.config import REPO_ROOT
+from workers.pipeline.config import DEFAULT_EMBEDDING_MODEL, REPO_ROOT
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "accuracy.md"
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
@@ -173,8 +173,9 @@ def _best(protocol: str, metric: str, comparison: str, rows: dict[str, dict]) ->
             ),
         )
         return name, rows[name][metric]
-    if protocol == "d":  # one classifier for both (d) numbers: the pipeline's, else the baseline
-        name = "mask_classifier" if "mask_classifier" in rows else next(iter(rows))
+    if protocol == "d":  # one classifier for both (d) numbers: on the served model's activations if measured
+        preference = (f"mask_classifier on {DEFAULT_EMBEDDING_MODEL}", "mask_classifier")
+        name = next((n for n in preference if n in rows), next(iter(rows)))
         return name, rows[name][metric]
     pick = max if comparison == ">=" else min
     return pick(candidates, key=lambda item: item[1])

@@ -293,3 +293,20 @@ def test_the_command_line_can_point_the_evaluation_at_a_candidate_models_directo
     assert default["config"].model_dir == DEFAULT_MODEL_DIR
     assert candidate["config"].model_dir == tmp_path
     assert (candidate["protocols"], candidate["models"]) == (["c"], ["student"])
+
+
+def test_the_mask_classifier_is_measured_on_each_models_own_activations(tmp_path):
+    for part in ("lfw_a/pairs.txt", "rwmfd_part1/images", "mask_templates/masks.cfg"):
+        if not (SHARED_DATA / part).exists():
+            pytest.skip(f"{SHARED_DATA / part} is absent: the smoke run needs the shared evaluation data")
+    if not (MODEL_DIR / "visor-masked-student-v2.onnx").exists():
+        pytest.skip(f"student-v2 is not built in {MODEL_DIR}; run `make models`")
+    from django.core.management import call_command
+
+    output = tmp_path / "accuracy.md"
+    call_command("evaluate", limit=20, protocols="d", model="sface,student-v2-flip", output=str(output))
+
+    document = json.loads(output.with_suffix(".json").read_text())
+    rows = document["protocols"]["d"]["rows"]
+    assert {"baseline", "mask_classifier", "mask_classifier on student-v2-flip"} <= set(rows)
+    assert {t["best_configuration"] for t in document["targets"]} == {"mask_classifier on student-v2-flip"}
