@@ -240,10 +240,14 @@ def test_svg_plots_are_valid_documents_with_one_polyline_per_curve():
 
 
 @pytest.mark.shared_data
-def test_limited_run_of_every_protocol_writes_the_report(tmp_path):
+def require_smoke_run_data() -> None:
     for part in ("lfw_a/pairs.txt", "rwmfd_part1/images", "mask_templates/masks.cfg"):
         if not (SHARED_DATA / part).exists():
             pytest.skip(f"{SHARED_DATA / part} is absent: the smoke run needs the shared evaluation data")
+
+
+def test_limited_run_of_every_protocol_writes_the_report(tmp_path):
+    require_smoke_run_data()
     if not (MODEL_DIR / "face_recognition_sface_2021dec.onnx").exists():
         pytest.skip(f"the SFace model is not in {MODEL_DIR}; run `python infra/fetch_models.py`")
     from django.core.management import call_command
@@ -296,9 +300,7 @@ def test_the_command_line_can_point_the_evaluation_at_a_candidate_models_directo
 
 
 def test_the_mask_classifier_is_measured_on_each_models_own_activations(tmp_path):
-    for part in ("lfw_a/pairs.txt", "rwmfd_part1/images", "mask_templates/masks.cfg"):
-        if not (SHARED_DATA / part).exists():
-            pytest.skip(f"{SHARED_DATA / part} is absent: the smoke run needs the shared evaluation data")
+    require_smoke_run_data()
     if not (MODEL_DIR / "visor-masked-student-v2.onnx").exists():
         pytest.skip(f"student-v2 is not built in {MODEL_DIR}; run `make models`")
     from django.core.management import call_command
