@@ -26,8 +26,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.identify_http import BASE_URL, LFW, bench_tenant, jpeg, lfw_canvas
+from bench.identify_http import BASE_URL, LFW, bench_tenant
 from bench.search import _setup_django, percentile
+from workers.evaluation.lfw import jpeg, lfw_canvas
 
 RESULTS = Path(__file__).parent / "results" / "enroll_http.jsonl"
 

@@ -29,27 +29,12 @@ import httpx
 import numpy as np
 
 from bench.search import _setup_django, percentile
+from workers.evaluation.lfw import jpeg, lfw_canvas
 
 BASE_URL = "http://127.0.0.1:8000"  # make run's API
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw_a" / "lfw"
 RESULTS = Path(__file__).parent / "results" / "identify_http.jsonl"
 PROBE_MASK_TYPES = ("KN95", "cloth_coloured")
-
-
-def lfw_canvas(path: Path) -> np.ndarray:
-    """A 640x480 BGR photo with the 250x250 LFW-a face in the middle of a grey background."""
-    import cv2
-
-    face = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
-    canvas = np.full((480, 640, 3), 128, dtype=np.uint8)
-    canvas[115:365, 195:445] = face
-    return canvas
-
-
-def jpeg(image: np.ndarray) -> bytes:
-    import cv2
-
-    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
 def bench_tenant(name: str):

@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from workers.evaluation.lfw import identity_of, lfw_index, stable_fraction
+from workers.evaluation.lfw import identity_of, jpeg, lfw_canvas, lfw_index, stable_fraction
 from workers.pipeline.config import (
     DEFAULT_EMBEDDING_MODEL,
     RIVAL_FACE_AREA_RATIO,
@@ -31,15 +30,6 @@ from workers.pipeline.config import (
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline
 from workers.pipeline.scoring import calibration_for
 from workers.training.datasets import LFW_DIR, split_of
-
-CANVAS_SHAPE = (480, 640, 3)
-
-
-def on_canvas(image: np.ndarray) -> bytes:
-    canvas = np.full(CANVAS_SHAPE, 127, np.uint8)
-    top, left = (CANVAS_SHAPE[0] - image.shape[0]) // 2, (CANVAS_SHAPE[1] - image.shape[1]) // 2
-    canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
-    return cv2.imencode(".jpg", canvas)[1].tobytes()
 
 
 def enrollment_faces(
@@ -53,8 +43,8 @@ def enrollment_faces(
     identities, faces, several = [], [], Counter()
     for name in chosen:
         for relative in index[name][:per_person]:
-            image = cv2.imread(str(lfw_dir / "lfw" / relative))
-            analysis = pipeline.analyze(on_canvas(image), purpose="enroll")
+            photo = jpeg(lfw_canvas(lfw_dir / "lfw" / relative))
+            analysis = pipeline.analyze(photo, purpose="enroll")
             if analysis.faces:
                 identities.append(identity_of(relative))
                 faces.append(analysis.faces[0])

@@ -10,6 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from workers.training.datasets import SharedDataUnavailable, split_of
 
 # The open-set protocol's held-out identities: those whose SHA-256 split position (the number in [0, 1) that
@@ -70,6 +73,19 @@ def stable_fraction(text: str, salt: str = "visor-eval") -> float:
     """A number in [0, 1) fixed by `text` (used to subsample with --limit without moving anything)."""
     digest = hashlib.sha256(f"{salt}|{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def lfw_canvas(path: Path) -> np.ndarray:
+    """A 640x480 BGR photo with the 250x250 LFW-a face in the middle of a grey background: what a client
+    would send (benchmarks and enrollment measurements upload these)."""
+    face = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
+    canvas = np.full((480, 640, 3), 128, dtype=np.uint8)
+    canvas[115:365, 195:445] = face
+    return canvas
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
 def lfw_index(lfw_dir: Path) -> dict[str, list[str]]:

@@ -441,11 +441,11 @@ class Evaluation:
             for model in models:
                 if model != "sface":
                     classifiers[f"mask_classifier on {model}"] = (real, self.model_run(model).extractor)
-        for name, (classifier, extractor) in classifiers.items():
+        for name, (classifier, activations) in classifiers.items():
             plain_keys, mask_keys = data["test"]
-            predicted_plain = _predict(classifier, extractor, "lfw", plain_keys)
-            predicted_mask = _predict(classifier, extractor, "lfw", mask_keys)
-            predicted_rwmfd = _predict(classifier, extractor, "rwmfd", rwmfd_keys)
+            predicted_plain = _predict(classifier, activations, "lfw", plain_keys)
+            predicted_mask = _predict(classifier, activations, "lfw", mask_keys)
+            predicted_rwmfd = _predict(classifier, activations, "rwmfd", rwmfd_keys)
             precision, recall = precision_recall(
                 np.concatenate([predicted_plain, predicted_mask]),
                 np.concatenate([np.zeros(len(plain_keys), bool), np.ones(len(mask_keys), bool)]),

@@ -58,7 +58,7 @@ class QualityFloors:
 # decide. The yaw floor is where templates start to fail, not where faces stop looking frontal (`python -m
 # workers.evaluation.enrollment_floors --model student-flip`: 1,373 LFW photos of 483 people the student
 # never trained on; same-person pairs at the FAR 1e-3 threshold): templates turned 30-40 degrees matched
-# 96.6%, 0-15 degrees 98.6%. A 30-degree floor refused 7.6% of those photos to save about one point on
+# 96.8%, 0-15 degrees 98.4%. A 30-degree floor refused 7.8% of those photos to save about one point on
 # them; a refused enrollment leaves the person unfindable.
 ENROLL_FLOORS = QualityFloors(
     min_inter_eye_px=32.0,

@@ -208,15 +208,19 @@ def spec_detect(image: ImageInput, max_faces: int) -> RequestSpec:
 
 
 def spec_enroll(
+    *,
     subject_id: str,
     image: ImageInput,
     wait: bool,
     largest: bool,
     quality_filter: QualityFilter | None,
     idempotency_key: str | None,
-    server_wait: float,
-    timeout: float,
+    wait_timeout: float,
+    client_timeout: float,
 ) -> RequestSpec:
+    """With `wait`, the server waits for the worker up to `wait_timeout` (capped at its 30 s limit) and the
+    HTTP request is given that long plus a margin."""
+    server_wait = min(max(wait_timeout, 1.0), 30.0)
     return RequestSpec(
         "POST",
         f"/v1/subjects/{subject_id}/faces",
@@ -228,7 +232,7 @@ def spec_enroll(
         },
         files={"image": image_part(image)},
         idempotency_key=idempotency_key,
-        timeout=max(timeout, server_wait + 15) if wait else timeout,
+        timeout=max(client_timeout, server_wait + 15) if wait else client_timeout,
     )
 
 

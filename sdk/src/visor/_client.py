@@ -253,16 +253,15 @@ class Faces(_Resource):
         "low" (identification's lenient floors) or "none" (no refusal for quality).
         """
         started = time.monotonic()
-        server_wait = min(max(timeout, 1.0), 30.0)
         spec = spec_enroll(
-            subject_id,
-            image,
-            wait,
-            largest,
-            quality_filter,
-            idempotency_key,
-            server_wait,
-            self._client.timeout,
+            subject_id=subject_id,
+            image=image,
+            wait=wait,
+            largest=largest,
+            quality_filter=quality_filter,
+            idempotency_key=idempotency_key,
+            wait_timeout=timeout,
+            client_timeout=self._client.timeout,
         )
         response = self._client.request(spec)
         body = json_of(response)
@@ -504,16 +503,15 @@ class AsyncFaces(_AsyncResource):
         timeout: float = 60.0,
     ) -> Face | Job:
         started = time.monotonic()
-        server_wait = min(max(timeout, 1.0), 30.0)
         spec = spec_enroll(
-            subject_id,
-            image,
-            wait,
-            largest,
-            quality_filter,
-            idempotency_key,
-            server_wait,
-            self._client.timeout,
+            subject_id=subject_id,
+            image=image,
+            wait=wait,
+            largest=largest,
+            quality_filter=quality_filter,
+            idempotency_key=idempotency_key,
+            wait_timeout=timeout,
+            client_timeout=self._client.timeout,
         )
         response = await self._client.request(spec)
         body = json_of(response)

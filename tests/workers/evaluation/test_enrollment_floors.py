@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.evaluation.enrollment_floors import bucket_rows, on_canvas, yaw_between
+from workers.evaluation.enrollment_floors import bucket_rows, yaw_between
+from workers.evaluation.lfw import jpeg, lfw_canvas
 
 
 def face(embedding, yaw):
@@ -27,8 +28,11 @@ def test_each_bucket_counts_its_photos_and_the_share_of_their_same_person_pairs_
     assert far_apart == [("frontal", 2, pytest.approx(0.0))]
 
 
-def test_photos_are_sent_centred_on_a_640x480_canvas():
-    sent = cv2.imdecode(np.frombuffer(on_canvas(np.full((250, 250, 3), 255, np.uint8)), np.uint8), 1)
+def test_photos_are_sent_centred_on_a_640x480_canvas(tmp_path):
+    face = tmp_path / "face.jpg"
+    cv2.imwrite(str(face), np.full((250, 250, 3), 255, np.uint8))
+
+    sent = cv2.imdecode(np.frombuffer(jpeg(lfw_canvas(face)), np.uint8), 1)
 
     assert sent.shape == (480, 640, 3)
     assert sent[240, 320].min() > 240
