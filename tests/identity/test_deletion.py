@@ -11,11 +11,18 @@ from tests.identity.conftest import bucket_keys
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
 
 
-def _wait_until_bucket_is_empty(prefix: str, timeout: float = 60) -> list[str]:
+def _wait_for_purge(prefix: str, timeout: float = 60) -> list[str]:
+    """The keys left under `prefix` once the purge has finished or `timeout` passed. The purge removes each
+    outbox row only after its object, so the bucket empties a moment before the outbox does."""
     deadline = time.monotonic() + timeout
-    while (keys := bucket_keys(prefix)) and time.monotonic() < deadline:
+    while ((keys := bucket_keys(prefix)) or _purge_pending()) and time.monotonic() < deadline:
         time.sleep(0.3)
     return keys
+
+
+def _purge_pending() -> bool:
+    with operator_transaction():
+        return PendingObjectDeletion.objects.exists()
 
 
 @pytest.fixture
@@ -38,7 +45,7 @@ def test_deleting_a_face_removes_its_templates_at_once_and_its_image_from_the_bu
     with operator_transaction():
         assert not FaceTemplate.objects.filter(face_id=face["id"]).exists()
         assert AuditEvent.objects.filter(action="face.deleted", object_id=face["id"]).exists()
-    assert _wait_until_bucket_is_empty(f"tenants/{tenant_api.tenant.id}/") == []
+    assert _wait_for_purge(f"tenants/{tenant_api.tenant.id}/") == []
     with operator_transaction():
         assert not PendingObjectDeletion.objects.exists()
 
@@ -51,7 +58,7 @@ def test_deleting_a_subject_removes_its_faces_templates_and_images(tenant_api, e
     with operator_transaction():
         assert not Face.objects.filter(id=face["id"]).exists()
         assert not FaceTemplate.objects.exists()
-    assert _wait_until_bucket_is_empty(f"tenants/{tenant_api.tenant.id}/") == []
+    assert _wait_for_purge(f"tenants/{tenant_api.tenant.id}/") == []
 
 
 def test_deleting_a_gallery_leaves_nothing_in_the_tables_or_the_bucket(tenant_api, enrolled_face):
@@ -65,7 +72,7 @@ def test_deleting_a_gallery_leaves_nothing_in_the_tables_or_the_bucket(tenant_ap
         assert not Face.objects.exists()
         assert not FaceTemplate.objects.exists()
         assert AuditEvent.objects.filter(action="gallery.deleted", object_id=gallery["id"]).exists()
-    assert _wait_until_bucket_is_empty(f"tenants/{tenant_api.tenant.id}/") == []
+    assert _wait_for_purge(f"tenants/{tenant_api.tenant.id}/") == []
     with operator_transaction():
         assert not PendingObjectDeletion.objects.exists()
 
