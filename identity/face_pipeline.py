@@ -73,7 +73,8 @@ def _mask_synthesizer():
     if not templates_available(settings.VISOR_MASK_TEMPLATES_DIR):
         logger.warning(
             "mask templates not found in %s (VISOR_MASK_TEMPLATES_DIR): enrollment stores no synthetic-mask "
-            "templates, and masked probes will match less well",
+            "templates, so masked probes match less well in galleries of models calibrated with them "
+            "(student-flip, student, sface; not student-v2-flip)",
             settings.VISOR_MASK_TEMPLATES_DIR,
         )
         return None

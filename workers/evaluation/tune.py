@@ -2,6 +2,8 @@
 
     python -m workers.evaluation.tune [--model sface|student] [--synthetic 4] [--limit N]
 
+K = 0 fits a gallery without synthetic templates: impostor statistics and thresholds per probe condition only.
+
 Identity-disjoint protocol on LFW-a (splits of workers.training.datasets):
 - "train" identities: gallery = each identity's first image (plain) + its K synthetic-mask templates; probes =
   its other images, masked (mask seed 0) and plain. Every (probe, other subject) comparison is an impostor.
@@ -133,23 +135,30 @@ def _masked_scores(data: SplitData, calibration: MaskAwareCalibration, synthetic
 def fit_mask_aware(
     model_version: str, train: SplitData, val: SplitData, synthetic: int, *, weights=WEIGHTS
 ) -> tuple[MaskAwareCalibration, dict]:
-    """The calibration for K = `synthetic` templates, and a report of how it was chosen."""
-    if synthetic < 1:
-        raise ValueError("mask-aware matching needs at least one synthetic template per subject")
+    """The calibration for K = `synthetic` templates, and a report of how it was chosen.
+
+    K = 0 is a gallery of original templates only: a masked probe is then scored by its best cosine with them
+    on its own impostor scale, and gets its own thresholds.
+    """
+    if synthetic < 0:
+        raise ValueError(f"synthetic must be >= 0, not {synthetic}")
     stats = _kind_statistics(train, synthetic)
-    fused_by_weight = _fused_statistics(train, stats, synthetic)
-    objective = {}
-    for w in weights:
-        candidate = _calibration(model_version, stats, w, fused_by_weight[w], {}, synthetic)
-        genuine, impostor = _masked_scores(val, candidate, synthetic, probe_masked=True)
-        tars = [tar_at_far(genuine, impostor, far).true_accept_rate for far in FARS]
-        objective[float(w)] = {
-            "tar_far_1e-3": tars[0],
-            "tar_far_1e-4": tars[1],
-            "objective": float(np.mean(tars)),
+    report: dict = {"synthetic_templates": synthetic}
+    best_weight, fused = 0.0, {}
+    if synthetic:
+        fused_by_weight = _fused_statistics(train, stats, synthetic)
+        objective = {
+            float(w): _val_objective(
+                val, _calibration(model_version, stats, w, fused_by_weight[w], {}, synthetic), synthetic
+            )
+            for w in weights
         }
-    best_weight = max(objective, key=lambda w: (objective[w]["objective"], -abs(w - 0.5)))
-    calibration = _calibration(model_version, stats, best_weight, fused_by_weight[best_weight], {}, synthetic)
+        best_weight = max(objective, key=lambda w: (objective[w]["objective"], -abs(w - 0.5)))
+        fused = fused_by_weight[best_weight]
+        report |= {"synthetic_weight": best_weight, "weight_search_on_val": objective}
+    else:
+        report["val"] = _val_objective(val, _calibration(model_version, stats, 0.0, {}, {}, 0), 0)
+    calibration = _calibration(model_version, stats, best_weight, fused, {}, synthetic)
     thresholds = {}
     for probe_masked in (True, False):
         _, impostor = _masked_scores(train, calibration, synthetic, probe_masked=probe_masked)
@@ -157,17 +166,19 @@ def fit_mask_aware(
             thresholds[(MASKED if probe_masked else UNMASKED, far)] = threshold_at_far(impostor, far)
         if probe_masked:
             impostor_count = int(impostor.size)
-    calibration = _calibration(
-        model_version, stats, best_weight, fused_by_weight[best_weight], thresholds, synthetic
-    )
-    report = {
-        "synthetic_templates": synthetic,
-        "synthetic_weight": best_weight,
-        "weight_search_on_val": objective,
+    calibration = _calibration(model_version, stats, best_weight, fused, thresholds, synthetic)
+    report |= {
         "train_impostor_comparisons_masked": impostor_count,
         "calibration": calibration_to_json(calibration),
     }
     return calibration, report
+
+
+def _val_objective(val: SplitData, calibration: MaskAwareCalibration, synthetic: int) -> dict[str, float]:
+    """Masked-probe 1:1 TAR on val at FAR 1e-3 and 1e-4 (val's own thresholds), and their mean."""
+    genuine, impostor = _masked_scores(val, calibration, synthetic, probe_masked=True)
+    tars = [tar_at_far(genuine, impostor, far).true_accept_rate for far in FARS]
+    return {"tar_far_1e-3": tars[0], "tar_far_1e-4": tars[1], "objective": float(np.mean(tars))}
 
 
 def calibration_to_json(calibration: MaskAwareCalibration) -> dict:
@@ -191,7 +202,7 @@ def calibration_source(calibration: MaskAwareCalibration) -> str:
         f"        ({c.upper()}, {k.upper()}): {stats(s)}"
         for (c, k), s in sorted(calibration.impostor.items())
     )
-    fused = ",\n".join(f"        {c.upper()}: {stats(s)}" for c, s in sorted(calibration.fused.items()))
+    fused = "".join(f"        {c.upper()}: {stats(s)},\n" for c, s in sorted(calibration.fused.items()))
     thresholds = ",\n".join(
         f"        ({c.upper()}, {far:g}): {t:.5f}" for (c, far), t in sorted(calibration.thresholds.items())
     )
@@ -199,8 +210,8 @@ def calibration_source(calibration: MaskAwareCalibration) -> str:
         "MaskAwareCalibration(\n"
         f'    model_version="{calibration.model_version}",\n'
         f"    impostor={{\n{impostor},\n    }},\n"
-        f"    fused={{\n{fused},\n    }},\n"
-        f"    synthetic_weight={calibration.synthetic_weight},\n"
+        + (f"    fused={{\n{fused}    }},\n" if fused else "")
+        + f"    synthetic_weight={calibration.synthetic_weight},\n"
         f"    thresholds={{\n{thresholds},\n    }},\n"
         f"    synthetic_templates={calibration.synthetic_templates},\n"
         ")"

@@ -32,7 +32,8 @@ SYNTHETIC_MASK_KIND = "synthetic_mask"
 DEFAULT_MASK_TYPES: tuple[str, ...] = ("surgical_blue", "surgical", "KN95", "cloth_coloured", "N95", "cloth")
 # For a model without a mask-aware calibration. A calibrated model is enrolled with the K its calibration was
 # measured with (workers.pipeline.matching): 2 for SFace and the student (on protocol (c), 2 was as good as
-# 3 or 4), 1 for the mirror-averaged student (as good as 2 there). docs/accuracy.md.
+# 3 or 4), 1 for the mirror-averaged student (as good as 2 there), 0 for student-v2-flip (on people it never
+# trained on, a synthetic template did not help it). docs/accuracy.md.
 DEFAULT_VARIANTS = 2
 
 

@@ -162,7 +162,7 @@ def test_rates_above_the_calibrated_ones_are_not_guessed():
         CALIBRATION.threshold(True, 0)
 
 
-def test_fit_recovers_statistics_and_keeps_the_false_accept_rate():
+def _toy_splits() -> tuple[SplitData, SplitData]:
     """Synthetic embeddings where every masked face shares a 'mask' direction, as real ones do."""
     rng = np.random.default_rng(0)
     dim, subjects, per_subject = 32, 120, 4
@@ -185,7 +185,11 @@ def test_fit_recovers_statistics_and_keeps_the_false_accept_rate():
         names = [f"s{offset + i}" for i in range(n)]
         return SplitData(Gallery(names, original, synthetic), masked, plain, [names[i] for i in probe_ids])
 
-    train, val = split(0), split(subjects // 2)
+    return split(0), split(subjects // 2)
+
+
+def test_fit_recovers_statistics_and_keeps_the_false_accept_rate():
+    train, val = _toy_splits()
     calibration, report = fit_mask_aware("toy", train, val, synthetic=2)
     # Masked-vs-synthetic impostors share the mask direction: their mean is far above masked-vs-original.
     assert (
@@ -200,6 +204,23 @@ def test_fit_recovers_statistics_and_keeps_the_false_accept_rate():
     _, impostors = _masked_scores(train, calibration, 2, probe_masked=True)
     assert (impostors >= calibration.threshold(True, 1e-3)).mean() <= 1e-3
     assert calibration.threshold(False, 1e-4) >= calibration.threshold(False, 1e-3)
+
+
+def test_a_fit_without_synthetic_templates_scores_masked_probes_on_their_own_scale():
+    from workers.evaluation.tune import _masked_scores
+
+    train, val = _toy_splits()
+    calibration, report = fit_mask_aware("toy", train, val, synthetic=0)
+
+    assert calibration.synthetic_templates == 0
+    assert not calibration.uses_synthetic(True)
+    assert set(calibration.impostor) == {(MASKED, ORIGINAL), (UNMASKED, ORIGINAL)}
+    assert 0 < report["val"]["tar_far_1e-3"] <= 1
+    _, impostors = _masked_scores(train, calibration, 0, probe_masked=True)
+    assert (impostors >= calibration.threshold(True, 1e-3)).mean() <= 1e-3
+    # Their impostor scores are mapped onto the unmasked-vs-original scale, so one score means one thing.
+    assert impostors.mean() == pytest.approx(calibration.reference.mean, abs=1e-4)
+    assert impostors.std() == pytest.approx(calibration.reference.std, rel=1e-3)
 
 
 # -- enrollment augmentation --------------------------------------------------------------------------------
@@ -324,3 +345,12 @@ def test_synthetic_mask_templates_embed_every_variant_in_one_call(synthesizer, d
     )
     assert none == []
     assert calls == [3]
+
+
+def test_the_printed_calibration_is_the_source_of_every_shipped_one():
+    from workers.evaluation.tune import calibration_source
+    from workers.pipeline import matching
+
+    namespace = vars(matching)
+    for calibration in matching.CALIBRATIONS.values():
+        assert eval(calibration_source(calibration), namespace) == calibration
