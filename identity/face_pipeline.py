@@ -53,12 +53,21 @@ def _pipeline(embedding_model: str) -> FacePipeline:
         if settings.VISOR_ENROLL_MASK_VARIANTS is None
         else AugmentationConfig(variants=settings.VISOR_ENROLL_MASK_VARIANTS)
     )
-    return FacePipeline(
+    pipeline = FacePipeline(
         config,
         mask_classifier=_mask_classifier(),
         mask_synthesizer=_mask_synthesizer(),
         augmentation=augmentation,
     )
+    if pipeline.mask_synthesizer is None and pipeline.augmentation.variants:
+        logger.warning(
+            "mask templates not found in %s (VISOR_MASK_TEMPLATES_DIR): %s is calibrated with %d "
+            "synthetic-mask templates per face, but enrollment stores none, so masked probes match less well",
+            settings.VISOR_MASK_TEMPLATES_DIR,
+            embedding_model,
+            pipeline.augmentation.variants,
+        )
+    return pipeline
 
 
 def _mask_classifier():
@@ -71,11 +80,5 @@ def _mask_synthesizer():
     from workers.pipeline.masks import MaskSynthesizer, templates_available
 
     if not templates_available(settings.VISOR_MASK_TEMPLATES_DIR):
-        logger.warning(
-            "mask templates not found in %s (VISOR_MASK_TEMPLATES_DIR): enrollment stores no synthetic-mask "
-            "templates, so masked probes match less well in galleries of models calibrated with them "
-            "(student-flip, student, sface; not student-v2-flip)",
-            settings.VISOR_MASK_TEMPLATES_DIR,
-        )
         return None
     return MaskSynthesizer(settings.VISOR_MASK_TEMPLATES_DIR)

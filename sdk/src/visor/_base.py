@@ -15,6 +15,7 @@ import httpx
 
 from visor._errors import VisorError, error_from_response
 from visor._images import ImageInput, image_part
+from visor._models import Face, Job
 
 # How strict enrollment is about face quality (the server's `quality_filter`).
 QualityFilter = Literal["auto", "low", "none"]
@@ -254,6 +255,21 @@ def spec_usage(
 
 def patch_body(**fields: Any) -> dict[str, Any]:
     return _drop_none(fields)
+
+
+def face_or_job(response: httpx.Response) -> Face | Job:
+    """An enrollment answer: the Face when it was indexed at once (201), else its queued Job."""
+    body = json_of(response)
+    if response.status_code == 201:
+        return Face.from_dict(body)
+    return Job.from_dict(body["job"])
+
+
+def finished_face(job: Job) -> Face:
+    """The Face a finished enrollment job made, or the error it failed with."""
+    if job.status == "failed" or job.face is None:
+        raise job_failure(job.error, job.id)
+    return job.face
 
 
 def job_failure(job_error: dict[str, Any] | None, job_id: str) -> VisorError:

@@ -17,7 +17,8 @@ from visor._base import (
     QualityFilter,
     RequestSpec,
     RetryPolicy,
-    job_failure,
+    face_or_job,
+    finished_face,
     json_of,
     patch_body,
     raise_for_problem,
@@ -263,18 +264,11 @@ class Faces(_Resource):
             wait_timeout=timeout,
             client_timeout=self._client.timeout,
         )
-        response = self._client.request(spec)
-        body = json_of(response)
-        if response.status_code == 201:
-            return Face.from_dict(body)
-        job = Job.from_dict(body["job"])
-        if not wait:
-            return job
-        job = self._client.jobs.wait(job.id, timeout=max(1.0, timeout - (time.monotonic() - started)))
-        face = job.face
-        if job.status == "failed" or face is None:
-            raise job_failure(job.error, job.id)
-        return face
+        answer = face_or_job(self._client.request(spec))
+        if isinstance(answer, Face) or not wait:
+            return answer
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        return finished_face(self._client.jobs.wait(answer.id, timeout=remaining))
 
     def list(self, *, subject_id: str, page_size: int = PAGE_SIZE) -> Iterator[Face]:
         return self._client._paginate(f"/v1/subjects/{subject_id}/faces", {}, Face.from_dict, page_size)
@@ -513,18 +507,11 @@ class AsyncFaces(_AsyncResource):
             wait_timeout=timeout,
             client_timeout=self._client.timeout,
         )
-        response = await self._client.request(spec)
-        body = json_of(response)
-        if response.status_code == 201:
-            return Face.from_dict(body)
-        job = Job.from_dict(body["job"])
-        if not wait:
-            return job
-        job = await self._client.jobs.wait(job.id, timeout=max(1.0, timeout - (time.monotonic() - started)))
-        face = job.face
-        if job.status == "failed" or face is None:
-            raise job_failure(job.error, job.id)
-        return face
+        answer = face_or_job(await self._client.request(spec))
+        if isinstance(answer, Face) or not wait:
+            return answer
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        return finished_face(await self._client.jobs.wait(answer.id, timeout=remaining))
 
     def list(self, *, subject_id: str, page_size: int = PAGE_SIZE) -> AsyncIterator[Face]:
         return self._client._paginate(f"/v1/subjects/{subject_id}/faces", {}, Face.from_dict, page_size)
