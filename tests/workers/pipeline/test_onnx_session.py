@@ -1,0 +1,111 @@
+"""Preparing a model in memory: PRelu is re-expressed in elementwise operators that give the same numbers."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from workers.pipeline import protobuf_wire
+from workers.pipeline.onnx_session import prepare_model
+
+BYTES, VARINT = protobuf_wire.WIRE_BYTES, protobuf_wire.WIRE_VARINT
+CHANNELS = 4
+# Slopes as SFace's layers have them: all below 1 (some negative), all above 1, and both sides of 1.
+SLOPES = {
+    "below_one": np.array([0.25, -0.8, 0.0, 1.0], np.float32),
+    "above_one": np.array([1.0, 1.12, 1.5, 3.0], np.float32),
+    "both_sides": np.array([-0.5, 0.3, 1.12, 0.9], np.float32),
+}
+
+
+def _message(*fields) -> bytes:
+    return protobuf_wire.serialise(list(fields))
+
+
+def _text(number: int, text: str):
+    return (number, BYTES, text.encode())
+
+
+def _varint(number: int, value: int):
+    return (number, VARINT, protobuf_wire.encode_varint(value))
+
+
+def _float_tensor_info(name: str):
+    dims = [(1, BYTES, _message(_text(2, "batch")))] + [
+        (1, BYTES, _message(_varint(1, size))) for size in (CHANNELS, 3, 5)
+    ]
+    tensor_type = _message(_varint(1, 1), (2, BYTES, _message(*dims)))
+    return _message(_text(1, name), (2, BYTES, _message((1, BYTES, tensor_type))))
+
+
+def _prelu_chain_model() -> bytes:
+    """x -> PRelu(below_one) -> PRelu(above_one) -> PRelu(both_sides) -> y, slopes shaped (C, 1, 1)."""
+    graph = []
+    tensor = "x"
+    for index, (name, slopes) in enumerate(SLOPES.items()):
+        output = "y" if index == len(SLOPES) - 1 else f"h{index}"
+        graph.append(
+            (1, BYTES, _message(_text(1, tensor), _text(1, name), _text(2, output), _text(4, "PRelu")))
+        )
+        initializer = _message(
+            _varint(1, CHANNELS), _varint(1, 1), _varint(1, 1), _varint(2, 1), _text(8, name),
+            (9, BYTES, slopes.astype("<f4").tobytes()),
+        )  # fmt: skip
+        graph.append((5, BYTES, initializer))
+        tensor = output
+    graph += [
+        _text(2, "prelu-chain"),
+        (11, BYTES, _float_tensor_info("x")),
+        (12, BYTES, _float_tensor_info("y")),
+    ]
+    opset = _message(_text(1, ""), _varint(2, 13))
+    return _message(_varint(1, 8), (8, BYTES, opset), (7, BYTES, _message(*graph)))
+
+
+def _operators(model: bytes) -> list[str]:
+    graph = next(value for number, _, value in protobuf_wire.parse(model) if number == 7)
+    return [
+        next(value.decode() for field, _, value in protobuf_wire.parse(node) if field == 4)
+        for number, _, node in protobuf_wire.parse(graph)
+        if number == 1
+    ]
+
+
+def _reference(x: np.ndarray) -> np.ndarray:
+    for slopes in SLOPES.values():
+        x = np.where(x > 0, x, slopes.reshape(-1, 1, 1) * x)
+    return x
+
+
+def _run(model: bytes, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_prelu_layers_become_elementwise_operators():
+    prepared = prepare_model(_prelu_chain_model(), free_batch_dimension=False)
+
+    assert _operators(_prelu_chain_model()) == ["PRelu"] * 3
+    assert _operators(prepared) == ["Mul", "Max", "Mul", "Min", "Relu", "Sub", "Mul", "Add"]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])
+def test_the_rewritten_layers_give_prelu_bit_for_bit(scale):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, CHANNELS, 3, 5)) * scale).astype(np.float32)
+    x[0, :, 0, 0] = 0.0
+
+    prepared = _run(prepare_model(_prelu_chain_model(), free_batch_dimension=False), x)
+
+    np.testing.assert_array_equal(prepared, _reference(x))
+    np.testing.assert_array_equal(prepared, _run(_prelu_chain_model(), x))
+
+
+def test_sface_is_prepared_without_prelu(pipeline_config):
+    model = pipeline_config.embedding.model_path.read_bytes()
+
+    prepared = prepare_model(model, free_batch_dimension=True, extra_outputs=("conv_12_relu",))
+
+    assert _operators(model).count("PRelu") == 27
+    assert "PRelu" not in _operators(prepared)
