@@ -1,21 +1,24 @@
 """Face detection with YuNet (OpenCV zoo, 2023mar) run through onnxruntime.
 
-The model takes a fixed 640x640 NCHW float32 BGR input with raw 0..255 values and predicts, at strides 8,
-16 and 32, a class score, an objectness score, a box and 5 landmarks per grid cell. Decoding follows
-OpenCV's FaceDetectorYN: score = sqrt(cls * obj), box centre = (cell + offset) * stride, box size =
-exp(log-size) * stride, landmark = (cell + offset) * stride.
+The model takes an NCHW float32 BGR input with raw 0..255 values, exported as 640x640 (the largest size
+Visor feeds it), and predicts, at strides 8, 16 and 32, a class score, an objectness score, a box and 5
+landmarks per grid cell. Decoding follows OpenCV's FaceDetectorYN: score = sqrt(cls * obj), box centre =
+(cell + offset) * stride, box size = exp(log-size) * stride, landmark = (cell + offset) * stride.
 
 Landmark order (YuNet's, kept everywhere in the pipeline): right eye, left eye, nose tip, right mouth
 corner, left mouth corner, where right and left are the subject's own. On a frontal face the subject's
 right eye is on the image's left, so the first point has the smaller x; this is also the order of the
 ArcFace alignment template.
 
-Each image is letterboxed (aspect ratio kept, zero padding right and bottom). Photos much larger than the
-input are additionally scanned as overlapping tiles so that small faces in large photos are found.
+Each image is resized to fit 640x640 (aspect ratio kept) and padded with zeros, right and bottom, only up to
+a multiple of the largest stride: the network is fully convolutional, so a 640x480 photo costs a 640x480
+input, as with OpenCV's FaceDetectorYN.setInputSize. Photos much larger than the input are additionally
+scanned as overlapping tiles so that small faces in large photos are found.
 """
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -88,18 +91,16 @@ class FaceDetector:
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             thread_spinning=thread_spinning,
+            free_dimensions="all",
         )
         self._session = model.session
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
-        height, width = model_input.shape[2:]
-        # A model exported with a dynamic size gets the size YuNet was trained at.
-        self.input_width = width if isinstance(width, int) else 640
-        self.input_height = height if isinstance(height, int) else 640
+        # The largest input: the size YuNet was trained at (the export's, before its dimensions were freed).
+        self.input_width = self.input_height = 640
         self._output_names = [
             f"{head}_{stride}" for stride in STRIDES for head in ("cls", "obj", "bbox", "kps")
         ]
-        self._grids = {stride: self._grid(stride) for stride in STRIDES}
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces in a BGR uint8 image, highest score first."""
@@ -148,7 +149,7 @@ class FaceDetector:
         resized_height = max(1, min(self.input_height, round(region_height * view.scale)))
         interpolation = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(region, (resized_width, resized_height), interpolation=interpolation)
-        canvas = np.zeros((self.input_height, self.input_width, 3), dtype=np.uint8)
+        canvas = np.zeros((_padded(resized_height), _padded(resized_width), 3), dtype=np.uint8)
         canvas[:resized_height, :resized_width] = resized
         blob = canvas.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
         outputs = dict(
@@ -158,7 +159,7 @@ class FaceDetector:
                 strict=True,
             )
         )
-        boxes, scores, landmarks = self._decode(outputs)
+        boxes, scores, landmarks = self._decode(outputs, canvas.shape[1], canvas.shape[0])
         # Rounding made the exact per-axis scales differ slightly from view.scale.
         scale = np.array([resized_width / region_width, resized_height / region_height], dtype=np.float32)
         offset = np.array([view.x0, view.y0], dtype=np.float32)
@@ -167,8 +168,11 @@ class FaceDetector:
         landmarks = landmarks / scale + offset
         return boxes, scores, landmarks
 
-    def _decode(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes (x, y, w, h), scores and (5, 2) landmarks above the score threshold, in network pixels."""
+    def _decode(
+        self, outputs: dict[str, np.ndarray], width: int, height: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (x, y, w, h), scores and (5, 2) landmarks above the score threshold, in network pixels, from
+        the outputs for a `width` x `height` input."""
         boxes, scores, landmarks = [], [], []
         for stride in STRIDES:
             cls = np.clip(outputs[f"cls_{stride}"].reshape(-1), 0.0, 1.0)
@@ -177,7 +181,7 @@ class FaceDetector:
             (kept,) = np.nonzero(stride_scores >= self.config.score_threshold)
             if kept.size == 0:
                 continue
-            cells = self._grids[stride][kept]
+            cells = _grid(stride, width, height)[kept]
             deltas = outputs[f"bbox_{stride}"].reshape(-1, 4)[kept]
             centres = (cells + deltas[:, :2]) * stride
             sizes = np.exp(deltas[:, 2:]) * stride
@@ -192,11 +196,6 @@ class FaceDetector:
             np.concatenate(scores).astype(np.float32),
             np.concatenate(landmarks).astype(np.float32),
         )
-
-    def _grid(self, stride: int) -> np.ndarray:
-        columns, rows = self.input_width // stride, self.input_height // stride
-        ys, xs = np.mgrid[0:rows, 0:columns]
-        return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
     def _not_cut_by_tile_edge(self, boxes: np.ndarray, view: _View, width: int, height: int) -> np.ndarray:
         keep = np.ones(len(boxes), dtype=bool)
@@ -224,6 +223,20 @@ class FaceDetector:
             score=float(score),
             landmarks=tuple((float(x), float(y)) for x, y in landmarks),
         )
+
+
+def _padded(length: int) -> int:
+    """`length` rounded up to a multiple of the largest stride, the sizes the network's grids divide."""
+    return -(-length // STRIDES[-1]) * STRIDES[-1]
+
+
+@lru_cache(maxsize=128)
+def _grid(stride: int, width: int, height: int) -> np.ndarray:
+    """(x, y) of every cell of the stride's grid over a `width` x `height` input, in the outputs' order."""
+    ys, xs = np.mgrid[0 : height // stride, 0 : width // stride]
+    coordinates = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+    coordinates.flags.writeable = False  # shared by every call
+    return coordinates
 
 
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:

@@ -162,7 +162,7 @@ class FaceEmbedder:
         if self._model is None:
             self._model = load_model(
                 self.model_path,
-                free_batch_dimension=True,
+                free_dimensions="batch",
                 extra_outputs=(self.lower_face_tensor,) if self.lower_face_tensor else (),
                 **self._runtime_options,
             )

@@ -1,8 +1,10 @@
 """One onnxruntime session per model file, thread setting and process.
 
 Models exported from older frameworks (SFace comes from MXNet) list every weight as an overridable graph
-input and pin the batch dimension to 1. The first stops onnxruntime from folding batch norms into the
-convolutions; the second forbids batched inference. Both are fixed here, in memory, by rewriting the few
+input and pin the batch dimension to 1; YuNet pins its input to 640x640 although its graph takes any size
+(OpenCV's FaceDetectorYN.setInputSize relies on it). The first stops onnxruntime from folding batch norms
+into the convolutions, the second forbids batched inference, the third makes a 640x480 photo pay for a
+640x640 input. All are fixed here, in memory, by rewriting the few
 protobuf fields involved: the `onnx` package is not a dependency and the weights are left untouched. The same
 rewrite can expose intermediate tensors as extra outputs (the mask classifier reads one of the embedding
 network's feature maps from the run that computes the embedding), and re-expresses PRelu, whose onnxruntime
@@ -14,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +25,8 @@ from workers.pipeline import protobuf_wire
 from workers.pipeline.errors import ModelUnavailable
 
 BATCH_DIMENSION_NAME = "batch"
+# Which dimensions of the graph's inputs and outputs become symbolic: none, the first, or all of them.
+FreeDimensions = Literal["batch", "all"] | None
 
 # ONNX protobuf field numbers (onnx/onnx.proto), only those rewritten here.
 _MODEL_GRAPH = 7
@@ -67,7 +72,7 @@ def load_model(
     intra_op_threads: int,
     inter_op_threads: int,
     thread_spinning: bool = False,
-    free_batch_dimension: bool = False,
+    free_dimensions: FreeDimensions = None,
     extra_outputs: tuple[str, ...] = (),
 ) -> LoadedModel:
     """The process-wide session for `path`, created on first use, with `extra_outputs` (names of intermediate
@@ -87,13 +92,13 @@ def load_model(
         intra_op_threads,
         inter_op_threads,
         thread_spinning,
-        free_batch_dimension,
+        free_dimensions,
         tuple(extra_outputs),
     )
     with _sessions_lock:
         if key not in _sessions:
             _sessions[key] = _create(
-                path, intra_op_threads, inter_op_threads, thread_spinning, free_batch_dimension, extra_outputs
+                path, intra_op_threads, inter_op_threads, thread_spinning, free_dimensions, extra_outputs
             )
         return _sessions[key]
 
@@ -103,7 +108,7 @@ def _create(
     intra_op_threads: int,
     inter_op_threads: int,
     thread_spinning: bool,
-    free_batch_dimension: bool,
+    free_dimensions: FreeDimensions,
     extra_outputs: tuple[str, ...],
 ) -> LoadedModel:
     try:
@@ -119,9 +124,7 @@ def _create(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if thread_spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if thread_spinning else "0")
     try:
-        prepared = prepare_model(
-            model_bytes, free_batch_dimension=free_batch_dimension, extra_outputs=extra_outputs
-        )
+        prepared = prepare_model(model_bytes, free_dimensions=free_dimensions, extra_outputs=extra_outputs)
         session = ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
     except Exception as error:
         raise ModelUnavailable(f"cannot load model {path}: {error}") from error
@@ -129,25 +132,25 @@ def _create(
 
 
 def prepare_model(
-    model_bytes: bytes, *, free_batch_dimension: bool, extra_outputs: tuple[str, ...] = ()
+    model_bytes: bytes, *, free_dimensions: FreeDimensions = None, extra_outputs: tuple[str, ...] = ()
 ) -> bytes:
     """`model_bytes` with weights removed from the graph inputs, PRelu in elementwise operators and, if asked,
-    a symbolic batch dimension and intermediate tensors as extra outputs (ValueError if a node of the graph
-    makes none of that name).
+    symbolic dimensions (the batch, named BATCH_DIMENSION_NAME, or every one) and intermediate tensors as
+    extra outputs (ValueError if a node of the graph makes none of that name).
 
-    Intermediate shape annotations (value_info) are dropped when the batch is freed, since they may still
-    say 1; onnxruntime infers them again.
+    Intermediate shape annotations (value_info) are dropped when dimensions are freed, since they may still
+    say the old sizes; onnxruntime infers them again.
     """
     model_fields = protobuf_wire.parse(model_bytes)
     rewritten = []
     for number, wire_type, value in model_fields:
         if number == _MODEL_GRAPH and wire_type == protobuf_wire.WIRE_BYTES:
-            value = _prepare_graph(value, free_batch_dimension, extra_outputs)
+            value = _prepare_graph(value, free_dimensions, extra_outputs)
         rewritten.append((number, wire_type, value))
     return protobuf_wire.serialise(rewritten)
 
 
-def _prepare_graph(graph: bytes, free_batch_dimension: bool, extra_outputs: tuple[str, ...]) -> bytes:
+def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs: tuple[str, ...]) -> bytes:
     fields = protobuf_wire.parse(graph)
     weight_names = {
         _string_field(value, _TENSOR_NAME) for number, _, value in fields if number == _GRAPH_INITIALIZER
@@ -168,11 +171,11 @@ def _prepare_graph(graph: bytes, free_batch_dimension: bool, extra_outputs: tupl
         if number == _GRAPH_INPUT:
             if _string_field(value, _VALUE_INFO_NAME) in weight_names:
                 continue
-            if free_batch_dimension:
-                value = _free_first_dimension(value)
-        elif number == _GRAPH_OUTPUT and free_batch_dimension:
-            value = _free_first_dimension(value)
-        elif number == _GRAPH_VALUE_INFO and free_batch_dimension:
+            if free_dimensions:
+                value = _free_dimensions(value, free_dimensions)
+        elif number == _GRAPH_OUTPUT and free_dimensions:
+            value = _free_dimensions(value, free_dimensions)
+        elif number == _GRAPH_VALUE_INFO and free_dimensions:
             continue
         elif number == _GRAPH_NODE:
             nodes = _prelu_as_elementwise(value, float_weights)
@@ -255,16 +258,17 @@ def _float_initializers(graph_fields: list[protobuf_wire.Field]) -> dict[str, np
     return weights
 
 
-def _free_first_dimension(value_info: bytes) -> bytes:
+def _free_dimensions(value_info: bytes, free_dimensions: FreeDimensions) -> bytes:
+    tensor = _string_field(value_info, _VALUE_INFO_NAME)
+
     def rewrite_shape(shape: bytes) -> bytes:
         dims = protobuf_wire.parse(shape)
-        first_dim = next((i for i, (number, _, _) in enumerate(dims) if number == _SHAPE_DIM), None)
-        if first_dim is None:
-            return shape
-        symbolic = protobuf_wire.serialise(
-            [(_DIM_PARAM, protobuf_wire.WIRE_BYTES, BATCH_DIMENSION_NAME.encode())]
-        )
-        dims[first_dim] = (_SHAPE_DIM, protobuf_wire.WIRE_BYTES, symbolic)
+        positions = [i for i, (number, _, _) in enumerate(dims) if number == _SHAPE_DIM]
+        for axis, position in enumerate(positions if free_dimensions == "all" else positions[:1]):
+            # Equal names would tell onnxruntime that sizes are equal: only the batch is shared.
+            name = BATCH_DIMENSION_NAME if axis == 0 else f"{tensor}_{axis}"
+            symbolic = protobuf_wire.serialise([(_DIM_PARAM, protobuf_wire.WIRE_BYTES, name.encode())])
+            dims[position] = (_SHAPE_DIM, protobuf_wire.WIRE_BYTES, symbolic)
         return protobuf_wire.serialise(dims)
 
     def rewrite_tensor_type(tensor_type: bytes) -> bytes:

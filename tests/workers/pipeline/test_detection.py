@@ -68,6 +68,49 @@ def test_decoding_matches_opencv_reference(detector, pipeline_config):
         np.testing.assert_allclose(face.landmark_array().ravel(), row[4:14], atol=0.05)
 
 
+def test_a_landscape_photo_is_one_network_input_of_its_own_shape_like_opencvs(
+    detector, pipeline_config, monkeypatch
+):
+    """A 640x480 photo is not padded to 640x640: the network sees 640x480, as FaceDetectorYN set to that
+    size does, and finds the same faces."""
+    image = np.full((480, 640, 3), 190, np.uint8)
+    draw_face(image, 200, 220, 90)
+    draw_face(image, 500, 400, 55)  # near the bottom edge, where a square input would add padding
+    config = pipeline_config.detection
+    reference = cv2.FaceDetectorYN.create(
+        str(config.model_path), "", (640, 480), config.score_threshold, config.nms_iou_threshold, 5000
+    )
+    shapes = []
+    run = detector._session.run
+
+    def recording_run(names, feed):
+        shapes.extend(tensor.shape for tensor in feed.values())
+        return run(names, feed)
+
+    monkeypatch.setattr(detector._session, "run", recording_run)
+
+    faces = detector.detect(image)
+    _, expected = reference.detect(image)
+
+    assert shapes == [(1, 3, 480, 640)]
+    assert expected is not None
+    assert len(faces) == len(expected) == 2
+    expected = expected[np.argsort(-expected[:, 14])]
+    for face, row in zip(faces, expected, strict=True):
+        assert face.score == pytest.approx(row[14], abs=1e-3)
+        np.testing.assert_allclose(face.landmark_array().ravel(), row[4:14], atol=0.05)
+
+
+def test_an_odd_sized_region_is_padded_to_the_grid_of_the_largest_stride(detector):
+    image = np.full((301, 433, 3), 200, np.uint8)  # upscaled by 640 / 433: 640 x 445, padded to 640 x 448
+    parts = draw_face(image, 300, 150, 60)
+
+    faces = detector.detect(image)
+
+    assert len(faces) == 1
+    assert np.hypot(*(faces[0].landmark_array()[0] - parts["image_left_eye"])) < 15
+
+
 @pytest.mark.parametrize(("width", "height", "centre"), [(1000, 400, (820, 200)), (360, 900, (180, 640))])
 def test_letterboxed_coordinates_are_in_source_pixels(detector, width, height, centre):
     image = np.full((height, width, 3), 200, np.uint8)

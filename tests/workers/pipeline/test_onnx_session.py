@@ -84,7 +84,7 @@ def _run(model: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def test_prelu_layers_become_elementwise_operators():
-    prepared = prepare_model(_prelu_chain_model(), free_batch_dimension=False)
+    prepared = prepare_model(_prelu_chain_model())
 
     assert _operators(_prelu_chain_model()) == ["PRelu"] * 3
     assert _operators(prepared) == ["Mul", "Max", "Mul", "Min", "Relu", "Sub", "Mul", "Add"]
@@ -96,7 +96,7 @@ def test_the_rewritten_layers_give_prelu_bit_for_bit(scale):
     x = (rng.standard_normal((3, CHANNELS, 3, 5)) * scale).astype(np.float32)
     x[0, :, 0, 0] = 0.0
 
-    prepared = _run(prepare_model(_prelu_chain_model(), free_batch_dimension=False), x)
+    prepared = _run(prepare_model(_prelu_chain_model()), x)
 
     np.testing.assert_array_equal(prepared, _reference(x))
     np.testing.assert_array_equal(prepared, _run(_prelu_chain_model(), x))
@@ -105,7 +105,7 @@ def test_the_rewritten_layers_give_prelu_bit_for_bit(scale):
 def test_sface_is_prepared_without_prelu(pipeline_config):
     model = pipeline_config.embedding.model_path.read_bytes()
 
-    prepared = prepare_model(model, free_batch_dimension=True, extra_outputs=("conv_12_relu",))
+    prepared = prepare_model(model, free_dimensions="batch", extra_outputs=("conv_12_relu",))
 
     assert _operators(model).count("PRelu") == 27
     assert "PRelu" not in _operators(prepared)
