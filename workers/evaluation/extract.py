@@ -30,7 +30,7 @@ from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 from workers.training.datasets import read_bgr
 
 # Bump when the masking, alignment or face-choice code changes in a way that changes the crops.
-RECIPE_VERSION = "r1"
+RECIPE_VERSION = "r2"
 CHUNK_SIZE = 64
 MIN_MASKED_IOU = 0.3
 CROP_SHAPE = (112, 112, 3)

@@ -18,7 +18,7 @@ scanned as overlapping tiles so that small faces in large photos are found.
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -28,6 +28,8 @@ from workers.pipeline.onnx_session import load_model
 
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")
 STRIDES = (8, 16, 32)
+# The largest input side: the size YuNet was trained and exported at. A photo is resized to fit it.
+MAX_INPUT_SIZE = 640
 # A thumbnail enlarged this much shows its close-up faces larger than the network was trained on, so it also
 # gets a pass at a smaller enlargement (on the RWMFD masked photos, mostly 256 px: 95.1% -> 97.6% of images).
 _RESCAN_MIN_UPSCALE = 1.5
@@ -96,8 +98,6 @@ class FaceDetector:
         self._session = model.session
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
-        # The largest input: the size YuNet was trained at (the export's, before its dimensions were freed).
-        self.input_width = self.input_height = 640
         self._output_names = [
             f"{head}_{stride}" for stride in STRIDES for head in ("cls", "obj", "bbox", "kps")
         ]
@@ -119,7 +119,7 @@ class FaceDetector:
         return [self._face(boxes[i], scores[i], landmarks[i], width, height) for i in selected]
 
     def _plan_views(self, width: int, height: int) -> list[_View]:
-        whole_scale = min(self.input_width / width, self.input_height / height, self.config.max_upscale)
+        whole_scale = min(MAX_INPUT_SIZE / width, MAX_INPUT_SIZE / height, self.config.max_upscale)
         views = [_View(0, 0, width, height, whole_scale, is_tile=False)]
         if whole_scale >= _RESCAN_MIN_UPSCALE:
             rescan_scale = max(1.0, whole_scale / _RESCAN_REDUCTION)
@@ -132,7 +132,7 @@ class FaceDetector:
             if len(columns) * len(rows) <= self.config.max_tiles:
                 break
             tile_size = math.ceil(tile_size * 1.25)
-        tile_scale = min(self.input_width, self.input_height) / tile_size
+        tile_scale = MAX_INPUT_SIZE / tile_size
         if tile_scale < whole_scale * _MIN_TILE_MAGNIFICATION:
             return views
         views.extend(
@@ -145,8 +145,8 @@ class FaceDetector:
     def _detect_in_view(self, image: np.ndarray, view: _View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         region = image[view.y0 : view.y1, view.x0 : view.x1]
         region_height, region_width = region.shape[:2]
-        resized_width = max(1, min(self.input_width, round(region_width * view.scale)))
-        resized_height = max(1, min(self.input_height, round(region_height * view.scale)))
+        resized_width = max(1, min(MAX_INPUT_SIZE, round(region_width * view.scale)))
+        resized_height = max(1, min(MAX_INPUT_SIZE, round(region_height * view.scale)))
         interpolation = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(region, (resized_width, resized_height), interpolation=interpolation)
         canvas = np.zeros((_padded(resized_height), _padded(resized_width), 3), dtype=np.uint8)
@@ -230,7 +230,7 @@ def _padded(length: int) -> int:
     return -(-length // STRIDES[-1]) * STRIDES[-1]
 
 
-@lru_cache(maxsize=128)
+@cache  # at most 3 strides x 20 x 20 padded sizes
 def _grid(stride: int, width: int, height: int) -> np.ndarray:
     """(x, y) of every cell of the stride's grid over a `width` x `height` input, in the outputs' order."""
     ys, xs = np.mgrid[0 : height // stride, 0 : width // stride]

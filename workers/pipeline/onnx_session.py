@@ -4,11 +4,11 @@ Models exported from older frameworks (SFace comes from MXNet) list every weight
 input and pin the batch dimension to 1; YuNet pins its input to 640x640 although its graph takes any size
 (OpenCV's FaceDetectorYN.setInputSize relies on it). The first stops onnxruntime from folding batch norms
 into the convolutions, the second forbids batched inference, the third makes a 640x480 photo pay for a
-640x640 input. All are fixed here, in memory, by rewriting the few
-protobuf fields involved: the `onnx` package is not a dependency and the weights are left untouched. The same
-rewrite can expose intermediate tensors as extra outputs (the mask classifier reads one of the embedding
-network's feature maps from the run that computes the embedding), and re-expresses PRelu, whose onnxruntime
-kernel is slow, in elementwise operators that compute the same numbers (`_prelu_as_elementwise`).
+640x640 input. All are fixed here, in memory, by rewriting the few protobuf fields involved: the `onnx`
+package is not a dependency and the weights are left untouched. The same rewrite can expose intermediate
+tensors as extra outputs (the mask classifier reads one of the embedding network's feature maps from the run
+that computes the embedding), and re-expresses PRelu, whose onnxruntime kernel is slow, in elementwise
+operators that compute the same numbers (`_prelu_as_elementwise`).
 """
 
 import hashlib
@@ -35,15 +35,18 @@ _NODE_INPUT = 1
 _NODE_OUTPUT = 2
 _NODE_NAME = 3
 _NODE_OP_TYPE = 4
+_NODE_ATTRIBUTE = 5
+_NODE_DOMAIN = 7
 _GRAPH_INITIALIZER = 5
 _GRAPH_INPUT = 11
 _GRAPH_OUTPUT = 12
 _GRAPH_VALUE_INFO = 13
+_TENSOR_DIMS = 1
 _TENSOR_DATA_TYPE = 2
 _TENSOR_FLOAT_DATA = 4
 _TENSOR_NAME = 8
 _TENSOR_RAW_DATA = 9
-_TENSOR_FLOAT = 1
+_FLOAT32_DATA_TYPE = 1  # TensorProto.DataType.FLOAT
 _VALUE_INFO_NAME = 1
 _VALUE_INFO_TYPE = 2
 _TYPE_TENSOR = 1
@@ -62,7 +65,7 @@ class LoadedModel:
         return self.sha256[:12]
 
 
-_sessions: dict[tuple[int, Path, int, int, bool, bool, tuple[str, ...]], LoadedModel] = {}
+_sessions: dict[tuple[int, Path, int, int, bool, FreeDimensions, tuple[str, ...]], LoadedModel] = {}
 _sessions_lock = threading.Lock()
 
 
@@ -155,7 +158,8 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
     weight_names = {
         _string_field(value, _TENSOR_NAME) for number, _, value in fields if number == _GRAPH_INITIALIZER
     }
-    float_weights = _float_initializers(fields)
+    prelu_slopes = _prelu_slopes(fields)
+    taken_names = _names(fields)
     node_outputs = {
         output.decode("utf-8")
         for number, _, node in fields
@@ -178,7 +182,7 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
         elif number == _GRAPH_VALUE_INFO and free_dimensions:
             continue
         elif number == _GRAPH_NODE:
-            nodes = _prelu_as_elementwise(value, float_weights)
+            nodes = _prelu_as_elementwise(value, prelu_slopes, taken_names)
             rewritten.extend((number, wire_type, node) for node in nodes)
             continue
         rewritten.append((number, wire_type, value))
@@ -195,37 +199,47 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
     return protobuf_wire.serialise(rewritten)
 
 
-def _prelu_as_elementwise(node: bytes, float_weights: dict[str, np.ndarray]) -> list[bytes]:
-    """`node` itself, or, for a PRelu whose slopes are constant, nodes computing the same numbers.
+def _prelu_as_elementwise(
+    node: bytes, prelu_slopes: dict[str, np.ndarray], taken_names: set[str]
+) -> list[bytes]:
+    """`node` itself, or, for a standard PRelu whose slopes are a float32 initializer, nodes computing the
+    same numbers for every finite input (up to the sign of a zero result).
 
     onnxruntime's PRelu kernel with per-channel slopes is several times slower than a multiplication and a
     maximum, and its cost depends on the signs of the input: on aligned LFW faces it took 24.7 of SFace's 49
     ms for a face and its mirror image (one thread), on uniform noise 9 ms. PRelu(x) is x where x > 0 and s*x
-    elsewhere, which is max(x, s*x) when every slope s <= 1 and min(x, s*x) when every s >= 1: one product,
-    then one of the two operands, bit for bit. A layer with slopes on both sides of 1 (SFace's first two)
-    takes relu(x) + s * (x - relu(x)), exact as well: the terms are x + s*0 or 0 + s*x.
+    elsewhere, which is max(x, s*x) when every slope s <= 1: one product, then one of the two operands. Any
+    other layer (SFace's first two have slopes on both sides of 1) takes relu(x) + s * (x - relu(x)), whose
+    terms are x + s*0 or 0 + s*x.
     """
     fields = protobuf_wire.parse(node)
-    op_type = _string_field(node, _NODE_OP_TYPE)
     inputs = [value.decode() for number, _, value in fields if number == _NODE_INPUT]
     outputs = [value.decode() for number, _, value in fields if number == _NODE_OUTPUT]
-    if op_type != "PRelu" or len(inputs) != 2 or inputs[1] not in float_weights:
+    if not _is_standard_prelu(node) or len(inputs) != 2 or inputs[1] not in prelu_slopes or len(outputs) != 1:
         return [node]
     (x, slope), (y,) = inputs, outputs
-    slopes = float_weights[slope]
     name = _string_field(node, _NODE_NAME) or y
-    if slopes.size and (slopes.max() <= 1 or slopes.min() >= 1):
-        choose = "Max" if slopes.max() <= 1 else "Min"
+    positive, negative, scaled = f"{y}/positive", f"{y}/negative", f"{y}/scaled"
+    if taken_names & {positive, negative, scaled, f"{name}/scale", f"{name}/choose", f"{name}/sum"}:
+        return [node]  # never rename what the model itself names
+    if prelu_slopes[slope].max() <= 1:
         return [
-            _node("Mul", [x, slope], [f"{y}/scaled"], f"{name}/scale"),
-            _node(choose, [x, f"{y}/scaled"], [y], f"{name}/choose"),
+            _node("Mul", [x, slope], [scaled], f"{name}/scale"),
+            _node("Max", [x, scaled], [y], f"{name}/choose"),
         ]
     return [
-        _node("Relu", [x], [f"{y}/positive"], f"{name}/positive"),
-        _node("Sub", [x, f"{y}/positive"], [f"{y}/negative"], f"{name}/negative"),
-        _node("Mul", [f"{y}/negative", slope], [f"{y}/scaled"], f"{name}/scale"),
-        _node("Add", [f"{y}/positive", f"{y}/scaled"], [y], f"{name}/sum"),
+        _node("Relu", [x], [positive], positive),
+        _node("Sub", [x, positive], [negative], negative),
+        _node("Mul", [negative, slope], [scaled], f"{name}/scale"),
+        _node("Add", [positive, scaled], [y], f"{name}/sum"),
     ]
+
+
+def _is_standard_prelu(node: bytes) -> bool:
+    fields = protobuf_wire.parse(node)
+    domain = _string_field(node, _NODE_DOMAIN) or ""
+    has_attributes = any(number == _NODE_ATTRIBUTE for number, _, _ in fields)
+    return _string_field(node, _NODE_OP_TYPE) == "PRelu" and domain in ("", "ai.onnx") and not has_attributes
 
 
 def _node(op_type: str, inputs: list[str], outputs: list[str], name: str) -> bytes:
@@ -237,25 +251,57 @@ def _node(op_type: str, inputs: list[str], outputs: list[str], name: str) -> byt
     )
 
 
-def _float_initializers(graph_fields: list[protobuf_wire.Field]) -> dict[str, np.ndarray]:
-    """The graph's float32 weights stored as packed float_data or raw_data, by name, flattened."""
-    weights = {}
+def _names(graph_fields: list[protobuf_wire.Field]) -> set[str]:
+    """Every tensor and node name the graph uses."""
+    names = set()
+    for number, _, value in graph_fields:
+        if number == _GRAPH_NODE:
+            names.update(
+                field.decode()
+                for field_number, _, field in protobuf_wire.parse(value)
+                if field_number in (_NODE_INPUT, _NODE_OUTPUT, _NODE_NAME)
+            )
+        elif number == _GRAPH_INITIALIZER:
+            names.add(_string_field(value, _TENSOR_NAME))
+        elif number in (_GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_VALUE_INFO):
+            names.add(_string_field(value, _VALUE_INFO_NAME))
+    return names
+
+
+def _prelu_slopes(graph_fields: list[protobuf_wire.Field]) -> dict[str, np.ndarray]:
+    """The slopes of the graph's standard PRelu nodes, by initializer name, flattened: those stored in the
+    graph as float32 (raw_data or packed float_data) with as many values as their dimensions say."""
+    slope_names = set()
+    for number, _, node in graph_fields:
+        if number == _GRAPH_NODE and _is_standard_prelu(node):
+            inputs = [value.decode() for field, _, value in protobuf_wire.parse(node) if field == _NODE_INPUT]
+            slope_names.update(inputs[1:2])
+    slopes = {}
     for number, _, tensor in graph_fields:
-        if number != _GRAPH_INITIALIZER:
+        if number != _GRAPH_INITIALIZER or (name := _string_field(tensor, _TENSOR_NAME)) not in slope_names:
             continue
         fields = protobuf_wire.parse(tensor)
-        data_type = next(
-            (v for n, w, v in fields if n == _TENSOR_DATA_TYPE and w == protobuf_wire.WIRE_VARINT), None
-        )
-        data = [
-            value
-            for n, w, value in fields
-            if n in (_TENSOR_FLOAT_DATA, _TENSOR_RAW_DATA) and w == protobuf_wire.WIRE_BYTES
-        ]
-        if data_type is None or protobuf_wire.read_varint(data_type, 0)[0] != _TENSOR_FLOAT or not data:
+        data_type = [value for field, wire_type, value in fields if field == _TENSOR_DATA_TYPE]
+        if [protobuf_wire.read_varint(value, 0)[0] for value in data_type] != [_FLOAT32_DATA_TYPE]:
             continue
-        weights[_string_field(tensor, _TENSOR_NAME)] = np.frombuffer(data[0], dtype="<f4")
-    return weights
+        dims = []
+        for field, wire_type, value in fields:
+            if field == _TENSOR_DIMS:
+                dims.extend(
+                    protobuf_wire.read_packed_varints(value)
+                    if wire_type == protobuf_wire.WIRE_BYTES
+                    else [protobuf_wire.read_varint(value, 0)[0]]
+                )
+        # Packed float_data may come in several pieces, which a reader must join.
+        data = b"".join(
+            value
+            for field, wire_type, value in fields
+            if field in (_TENSOR_FLOAT_DATA, _TENSOR_RAW_DATA) and wire_type == protobuf_wire.WIRE_BYTES
+        )
+        values = np.frombuffer(data, dtype="<f4")
+        if values.size and values.size == int(np.prod(dims)):
+            slopes[name] = values
+    return slopes
 
 
 def _free_dimensions(value_info: bytes, free_dimensions: FreeDimensions) -> bytes:

@@ -34,6 +34,15 @@ def encode_varint(value: int) -> bytes:
             return bytes(encoded)
 
 
+def read_packed_varints(buffer: bytes) -> list[int]:
+    """The values of a packed repeated varint field's payload."""
+    values, position = [], 0
+    while position < len(buffer):
+        value, position = read_varint(buffer, position)
+        values.append(value)
+    return values
+
+
 def parse(message: bytes) -> list[Field]:
     """The top-level fields of a protobuf message, in order, each with its raw payload."""
     fields = []

@@ -141,7 +141,7 @@ def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
     for number, wire_type, value in fields:
         if number == _TENSOR_DIMS:
             dims.extend(
-                _varints(value)
+                protobuf_wire.read_packed_varints(value)
                 if wire_type == protobuf_wire.WIRE_BYTES
                 else [protobuf_wire.read_varint(value, 0)[0]]
             )
@@ -167,14 +167,6 @@ def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
     if not replaced:
         raise StudentBuildError(f"initializer {name} has no float data")
     return protobuf_wire.serialise(patched)
-
-
-def _varints(buffer: bytes) -> list[int]:
-    values, position = [], 0
-    while position < len(buffer):
-        value, position = protobuf_wire.read_varint(buffer, position)
-        values.append(value)
-    return values
 
 
 def pinned_sha256(name: str = "student", manifest_path: Path = MODELS_MANIFEST) -> str:

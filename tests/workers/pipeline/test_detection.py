@@ -101,12 +101,21 @@ def test_a_landscape_photo_is_one_network_input_of_its_own_shape_like_opencvs(
         np.testing.assert_allclose(face.landmark_array().ravel(), row[4:14], atol=0.05)
 
 
-def test_an_odd_sized_region_is_padded_to_the_grid_of_the_largest_stride(detector):
+def test_an_odd_sized_region_is_padded_to_the_grid_of_the_largest_stride(detector, monkeypatch):
     image = np.full((301, 433, 3), 200, np.uint8)  # upscaled by 640 / 433: 640 x 445, padded to 640 x 448
     parts = draw_face(image, 300, 150, 60)
+    shapes = []
+    run = detector._session.run
+
+    def recording_run(names, feed):
+        shapes.extend(tensor.shape for tensor in feed.values())
+        return run(names, feed)
+
+    monkeypatch.setattr(detector._session, "run", recording_run)
 
     faces = detector.detect(image)
 
+    assert shapes == [(1, 3, 448, 640)]
     assert len(faces) == 1
     assert np.hypot(*(faces[0].landmark_array()[0] - parts["image_left_eye"])) < 15
 

@@ -1,4 +1,5 @@
-"""Preparing a model in memory: PRelu is re-expressed in elementwise operators that give the same numbers."""
+"""Preparing a model in memory: PRelu is re-expressed in elementwise operators that give the same numbers, and
+dimensions are freed."""
 
 import numpy as np
 import onnxruntime as ort
@@ -37,15 +38,15 @@ def _float_tensor_info(name: str):
     return _message(_text(1, name), (2, BYTES, _message((1, BYTES, tensor_type))))
 
 
-def _prelu_chain_model() -> bytes:
-    """x -> PRelu(below_one) -> PRelu(above_one) -> PRelu(both_sides) -> y, slopes shaped (C, 1, 1)."""
+def _prelu_chain_model(*extra_node_fields) -> bytes:
+    """x -> PRelu(below_one) -> PRelu(above_one) -> PRelu(both_sides) -> y, slopes shaped (C, 1, 1); each
+    PRelu node also gets `extra_node_fields`."""
     graph = []
     tensor = "x"
     for index, (name, slopes) in enumerate(SLOPES.items()):
         output = "y" if index == len(SLOPES) - 1 else f"h{index}"
-        graph.append(
-            (1, BYTES, _message(_text(1, tensor), _text(1, name), _text(2, output), _text(4, "PRelu")))
-        )
+        prelu = (_text(1, tensor), _text(1, name), _text(2, output), _text(4, "PRelu"), *extra_node_fields)
+        graph.append((1, BYTES, _message(*prelu)))
         initializer = _message(
             _varint(1, CHANNELS), _varint(1, 1), _varint(1, 1), _varint(2, 1), _text(8, name),
             (9, BYTES, slopes.astype("<f4").tobytes()),
@@ -61,11 +62,14 @@ def _prelu_chain_model() -> bytes:
     return _message(_varint(1, 8), (8, BYTES, opset), (7, BYTES, _message(*graph)))
 
 
+def _graph(model: bytes) -> list[protobuf_wire.Field]:
+    return protobuf_wire.parse(next(value for number, _, value in protobuf_wire.parse(model) if number == 7))
+
+
 def _operators(model: bytes) -> list[str]:
-    graph = next(value for number, _, value in protobuf_wire.parse(model) if number == 7)
     return [
         next(value.decode() for field, _, value in protobuf_wire.parse(node) if field == 4)
-        for number, _, node in protobuf_wire.parse(graph)
+        for number, _, node in _graph(model)
         if number == 1
     ]
 
@@ -87,14 +91,20 @@ def test_prelu_layers_become_elementwise_operators():
     prepared = prepare_model(_prelu_chain_model())
 
     assert _operators(_prelu_chain_model()) == ["PRelu"] * 3
-    assert _operators(prepared) == ["Mul", "Max", "Mul", "Min", "Relu", "Sub", "Mul", "Add"]
+    # max(x, s*x) where every slope is at most 1; relu(x) + s*(x - relu(x)) otherwise.
+    assert _operators(prepared) == ["Mul", "Max", "Relu", "Sub", "Mul", "Add", "Relu", "Sub", "Mul", "Add"]
+
+
+def test_prelu_of_another_domain_or_with_attributes_is_left_alone():
+    for extra in [_text(7, "com.example"), (5, BYTES, _message(_text(1, "alpha")))]:
+        assert _operators(prepare_model(_prelu_chain_model(extra))) == ["PRelu"] * 3
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])
-def test_the_rewritten_layers_give_prelu_bit_for_bit(scale):
+def test_the_rewritten_layers_give_prelus_numbers_for_finite_inputs(scale):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((3, CHANNELS, 3, 5)) * scale).astype(np.float32)
-    x[0, :, 0, 0] = 0.0
+    x[0, :, 0, 0] = 0.0  # equal up to the sign of zero, which nothing downstream can see
 
     prepared = _run(prepare_model(_prelu_chain_model()), x)
 
@@ -102,10 +112,39 @@ def test_the_rewritten_layers_give_prelu_bit_for_bit(scale):
     np.testing.assert_array_equal(prepared, _run(_prelu_chain_model(), x))
 
 
-def test_sface_is_prepared_without_prelu(pipeline_config):
+def test_freeing_all_dimensions_names_each_apart_from_the_shared_batch():
+    prepared = prepare_model(_prelu_chain_model(), free_dimensions="all")
+
+    shapes = {}
+    for number, _, value_info in _graph(prepared):
+        if number in (11, 12):
+            fields = protobuf_wire.parse(value_info)
+            name = next(value.decode() for field, _, value in fields if field == 1)
+            tensor_type = protobuf_wire.parse(next(value for field, _, value in fields if field == 2))[0][2]
+            shape = next(value for field, _, value in protobuf_wire.parse(tensor_type) if field == 2)
+            shapes[name] = [
+                protobuf_wire.parse(dim)[0][2].decode() for _, _, dim in protobuf_wire.parse(shape)
+            ]
+
+    assert shapes == {"x": ["batch", "x_1", "x_2", "x_3"], "y": ["batch", "y_1", "y_2", "y_3"]}
+
+
+def test_sface_is_prepared_without_prelu_and_embeds_as_before(pipeline_config):
     model = pipeline_config.embedding.model_path.read_bytes()
+    crop = np.random.default_rng(3).integers(0, 256, (2, 3, 112, 112)).astype(np.float32)
 
     prepared = prepare_model(model, free_dimensions="batch", extra_outputs=("conv_12_relu",))
 
     assert _operators(model).count("PRelu") == 27
     assert "PRelu" not in _operators(prepared)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    as_exported = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    as_prepared = ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
+    for row in crop:
+        # The exported graph keeps batch norms apart from the convolutions: float rounding differs a little.
+        np.testing.assert_allclose(
+            as_prepared.run(None, {"data": row[None]})[0],
+            as_exported.run(None, {"data": row[None]})[0],
+            atol=1e-4,
+        )
