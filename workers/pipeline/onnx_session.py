@@ -284,14 +284,7 @@ def _prelu_slopes(graph_fields: list[protobuf_wire.Field]) -> dict[str, np.ndarr
         data_type = [value for field, wire_type, value in fields if field == _TENSOR_DATA_TYPE]
         if [protobuf_wire.read_varint(value, 0)[0] for value in data_type] != [_FLOAT32_DATA_TYPE]:
             continue
-        dims = []
-        for field, wire_type, value in fields:
-            if field == _TENSOR_DIMS:
-                dims.extend(
-                    protobuf_wire.read_packed_varints(value)
-                    if wire_type == protobuf_wire.WIRE_BYTES
-                    else [protobuf_wire.read_varint(value, 0)[0]]
-                )
+        dims = protobuf_wire.repeated_varints(fields, _TENSOR_DIMS)
         # Packed float_data may come in several pieces, which a reader must join.
         data = b"".join(
             value

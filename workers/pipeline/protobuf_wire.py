@@ -34,12 +34,19 @@ def encode_varint(value: int) -> bytes:
             return bytes(encoded)
 
 
-def read_packed_varints(buffer: bytes) -> list[int]:
-    """The values of a packed repeated varint field's payload."""
-    values, position = [], 0
-    while position < len(buffer):
-        value, position = read_varint(buffer, position)
-        values.append(value)
+def repeated_varints(fields: list[Field], number: int) -> list[int]:
+    """Every value of the repeated varint field `number`, whether written packed or one by one."""
+    values = []
+    for field_number, wire_type, payload in fields:
+        if field_number != number:
+            continue
+        if wire_type != WIRE_BYTES:
+            values.append(read_varint(payload, 0)[0])
+            continue
+        position = 0
+        while position < len(payload):
+            value, position = read_varint(payload, position)
+            values.append(value)
     return values
 
 

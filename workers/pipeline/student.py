@@ -137,16 +137,9 @@ def _patch_tensor(tensor: bytes, remaining: dict[str, np.ndarray]) -> bytes:
     if name not in remaining:
         return tensor
     delta = remaining.pop(name)
-    dims: list[int] = []
-    for number, wire_type, value in fields:
-        if number == _TENSOR_DIMS:
-            dims.extend(
-                protobuf_wire.read_packed_varints(value)
-                if wire_type == protobuf_wire.WIRE_BYTES
-                else [protobuf_wire.read_varint(value, 0)[0]]
-            )
-        elif number == _TENSOR_DATA_TYPE and protobuf_wire.read_varint(value, 0)[0] != _FLOAT:
-            raise StudentBuildError(f"initializer {name} is not float32")
+    dims = protobuf_wire.repeated_varints(fields, _TENSOR_DIMS)
+    if protobuf_wire.repeated_varints(fields, _TENSOR_DATA_TYPE) != [_FLOAT]:
+        raise StudentBuildError(f"initializer {name} is not float32")
     if tuple(dims) != delta.shape:
         raise StudentBuildError(f"initializer {name} has shape {tuple(dims)}, the delta {delta.shape}")
     patched = []

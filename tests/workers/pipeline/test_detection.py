@@ -15,6 +15,20 @@ def detector(pipeline_config):
     return FaceDetector(pipeline_config.detection)
 
 
+@pytest.fixture
+def network_inputs(detector, monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the inputs the detector gives YuNet during the test, in order."""
+    shapes = []
+    run = detector._session.run
+
+    def recording_run(names, feed):
+        shapes.extend(tensor.shape for tensor in feed.values())
+        return run(names, feed)
+
+    monkeypatch.setattr(detector._session, "run", recording_run)
+    return shapes
+
+
 def test_cartoon_face_is_found_with_landmarks_in_yunet_order(detector):
     image = np.full((480, 640, 3), 200, np.uint8)
     parts = draw_face(image, 320, 240, 100)
@@ -69,7 +83,7 @@ def test_decoding_matches_opencv_reference(detector, pipeline_config):
 
 
 def test_a_landscape_photo_is_one_network_input_of_its_own_shape_like_opencvs(
-    detector, pipeline_config, monkeypatch
+    detector, pipeline_config, network_inputs
 ):
     """A 640x480 photo is not padded to 640x640: the network sees 640x480, as FaceDetectorYN set to that
     size does, and finds the same faces."""
@@ -80,19 +94,11 @@ def test_a_landscape_photo_is_one_network_input_of_its_own_shape_like_opencvs(
     reference = cv2.FaceDetectorYN.create(
         str(config.model_path), "", (640, 480), config.score_threshold, config.nms_iou_threshold, 5000
     )
-    shapes = []
-    run = detector._session.run
-
-    def recording_run(names, feed):
-        shapes.extend(tensor.shape for tensor in feed.values())
-        return run(names, feed)
-
-    monkeypatch.setattr(detector._session, "run", recording_run)
 
     faces = detector.detect(image)
     _, expected = reference.detect(image)
 
-    assert shapes == [(1, 3, 480, 640)]
+    assert network_inputs == [(1, 3, 480, 640)]
     assert expected is not None
     assert len(faces) == len(expected) == 2
     expected = expected[np.argsort(-expected[:, 14])]
@@ -101,21 +107,13 @@ def test_a_landscape_photo_is_one_network_input_of_its_own_shape_like_opencvs(
         np.testing.assert_allclose(face.landmark_array().ravel(), row[4:14], atol=0.05)
 
 
-def test_an_odd_sized_region_is_padded_to_the_grid_of_the_largest_stride(detector, monkeypatch):
+def test_an_odd_sized_region_is_padded_to_the_grid_of_the_largest_stride(detector, network_inputs):
     image = np.full((301, 433, 3), 200, np.uint8)  # upscaled by 640 / 433: 640 x 445, padded to 640 x 448
     parts = draw_face(image, 300, 150, 60)
-    shapes = []
-    run = detector._session.run
-
-    def recording_run(names, feed):
-        shapes.extend(tensor.shape for tensor in feed.values())
-        return run(names, feed)
-
-    monkeypatch.setattr(detector._session, "run", recording_run)
 
     faces = detector.detect(image)
 
-    assert shapes == [(1, 3, 448, 640)]
+    assert network_inputs == [(1, 3, 448, 640)]
     assert len(faces) == 1
     assert np.hypot(*(faces[0].landmark_array()[0] - parts["image_left_eye"])) < 15
 
