@@ -96,8 +96,7 @@ class FaceDetector:
             free_dimensions="all",
         )
         self._session = model.session
-        model_input = self._session.get_inputs()[0]
-        self._input_name = model_input.name
+        self._input_name = self._session.get_inputs()[0].name
         self._output_names = [
             f"{head}_{stride}" for stride in STRIDES for head in ("cls", "obj", "bbox", "kps")
         ]

@@ -281,8 +281,7 @@ def _prelu_slopes(graph_fields: list[protobuf_wire.Field]) -> dict[str, np.ndarr
         if number != _GRAPH_INITIALIZER or (name := _string_field(tensor, _TENSOR_NAME)) not in slope_names:
             continue
         fields = protobuf_wire.parse(tensor)
-        data_type = [value for field, wire_type, value in fields if field == _TENSOR_DATA_TYPE]
-        if [protobuf_wire.read_varint(value, 0)[0] for value in data_type] != [_FLOAT32_DATA_TYPE]:
+        if protobuf_wire.repeated_varints(fields, _TENSOR_DATA_TYPE) != [_FLOAT32_DATA_TYPE]:
             continue
         dims = protobuf_wire.repeated_varints(fields, _TENSOR_DIMS)
         # Packed float_data may come in several pieces, which a reader must join.
