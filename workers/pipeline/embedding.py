@@ -3,7 +3,7 @@
 The interface: one NCHW float32 input of (batch, 3, S, S) and one (batch, D) output. Colour order and
 normalisation are parameters (SFace wants RGB with raw 0..255 values, which is what OpenCV's
 FaceRecognizerSF feeds it via blobFromImage(swapRB=true)); the model's batch dimension is freed at load time
-when the export pinned it to 1, so a whole batch is always one session.run call.
+when the export pinned it to 1, so a batch of up to MAX_FACES_PER_RUN faces is one session.run call.
 
 The same call can also return what the mask classifier reads: the lower-face rows of one of the network's
 feature maps (`lower_face_tensor`), averaged to one vector per face. The network has already looked at the
@@ -22,6 +22,10 @@ from workers.pipeline.onnx_session import LoadedModel, load_model
 # Where the lower face starts, as a fraction of the feature map's height: the nose tip of the 112x112 ArcFace
 # template is at y 72 (0.64); on SFace's 14x14 conv_12 map this keeps rows 8 to 13, nose to chin.
 LOWER_FACE_FROM = 4 / 7
+# A session.run's activations grow with its batch and onnxruntime keeps that memory for the process: one run
+# over 100 faces with their mirror images peaks at 3.3 GB, over 20 faces at 0.7 GB (student-v2-flip, 1
+# thread). Larger batches (a crowd photo, max_faces up to 100) run in chunks of this many faces.
+MAX_FACES_PER_RUN = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,15 +109,19 @@ class FaceEmbedder:
         self._loaded()
 
     def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """(N, D) float32 L2-normalised embeddings of N aligned BGR uint8 crops, in one session.run call."""
+        """(N, D) float32 L2-normalised embeddings of N aligned BGR uint8 crops, MAX_FACES_PER_RUN per run."""
         session = self._loaded().session
         if len(crops) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        (embeddings,) = session.run([session.get_outputs()[0].name], self._feed(crops))
-        return self._combine(embeddings, len(crops))
+        return np.concatenate(
+            [
+                self._combine(session.run([session.get_outputs()[0].name], self._feed(chunk))[0], len(chunk))
+                for chunk in _chunks(crops)
+            ]
+        )
 
     def describe(self, crops: Sequence[np.ndarray] | np.ndarray) -> FaceDescriptors:
-        """Embeddings and lower-face activations of N aligned BGR uint8 crops, in one session.run call."""
+        """Embeddings and lower-face activations of N aligned BGR uint8 crops, MAX_FACES_PER_RUN per run."""
         if self.lower_face_tensor is None:
             raise ValueError(f"{self.model_name} is configured without a lower_face_tensor")
         session = self._loaded().session
@@ -123,14 +131,15 @@ class FaceEmbedder:
                 np.zeros((0, self.embedding_dim), np.float32),
                 np.zeros((0, channels if isinstance(channels, int) else 0), np.float32),
             )
-        embeddings, feature_map = session.run(
-            [session.get_outputs()[0].name, self.lower_face_tensor], self._feed(crops)
-        )
-        first_row = round(feature_map.shape[2] * LOWER_FACE_FROM)
-        return FaceDescriptors(
-            self._combine(embeddings, len(crops)),
-            feature_map[: len(crops), :, first_row:, :].mean(axis=(2, 3), dtype=np.float32),
-        )
+        embeddings, lower_face = [], []
+        for chunk in _chunks(crops):
+            chunk_embeddings, feature_map = session.run(
+                [session.get_outputs()[0].name, self.lower_face_tensor], self._feed(chunk)
+            )
+            first_row = round(feature_map.shape[2] * LOWER_FACE_FROM)
+            embeddings.append(self._combine(chunk_embeddings, len(chunk)))
+            lower_face.append(feature_map[: len(chunk), :, first_row:, :].mean(axis=(2, 3), dtype=np.float32))
+        return FaceDescriptors(np.concatenate(embeddings), np.concatenate(lower_face))
 
     def _combine(self, embeddings: np.ndarray, count: int) -> np.ndarray:
         """One L2-normalised embedding per face: with flip_average, the sum of the crop's and its mirror's."""
@@ -167,6 +176,10 @@ class FaceEmbedder:
                 **self._runtime_options,
             )
         return self._model
+
+
+def _chunks(crops: Sequence[np.ndarray] | np.ndarray) -> list[Sequence[np.ndarray] | np.ndarray]:
+    return [crops[start : start + MAX_FACES_PER_RUN] for start in range(0, len(crops), MAX_FACES_PER_RUN)]
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

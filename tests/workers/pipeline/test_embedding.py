@@ -12,7 +12,7 @@ from tests.workers.pipeline.conftest import face_photo
 from workers.pipeline.alignment import align_face
 from workers.pipeline.config import DEFAULT_MODEL_DIR, STUDENT_FILE, embedding_config
 from workers.pipeline.detection import FaceDetector
-from workers.pipeline.embedding import FaceEmbedder
+from workers.pipeline.embedding import MAX_FACES_PER_RUN, FaceEmbedder
 from workers.pipeline.errors import ModelUnavailable
 from workers.pipeline.onnx_session import BATCH_DIMENSION_NAME
 
@@ -75,6 +75,21 @@ def test_a_batch_is_one_session_run(embedder, crops, session_runs):
     embedder.embed(np.concatenate([crops, crops]))
 
     assert [shape for _, shape in session_runs] == [(6, 3, 112, 112)]
+
+
+def test_a_crowd_is_embedded_in_runs_of_bounded_size_with_the_same_result(embedder, crops, session_runs):
+    crowd = np.concatenate([crops] * 7)[: MAX_FACES_PER_RUN + 5]
+
+    embeddings = embedder.embed(crowd)
+    descriptors = embedder.describe(crowd)
+
+    sizes = [shape[0] for _, shape in session_runs]
+    assert sizes == [MAX_FACES_PER_RUN, 5, MAX_FACES_PER_RUN, 5]
+    np.testing.assert_allclose(
+        embeddings, np.concatenate([embedder.embed([crop]) for crop in crowd]), atol=1e-5
+    )
+    np.testing.assert_array_equal(descriptors.embeddings, embeddings)
+    assert descriptors.lower_face.shape == (len(crowd), 512)
 
 
 def test_the_pinned_batch_dimension_of_the_export_is_freed(embedder):
