@@ -53,6 +53,7 @@ def _profile(images: list[tuple[str, bytes]]) -> dict:
     from django.conf import settings
 
     from workers.pipeline.config import DEFAULT_MODEL_DIR, PipelineConfig
+    from workers.pipeline.landmark_refiner import LandmarkRefiner
     from workers.pipeline.mask_classifier import MaskClassifier
     from workers.pipeline.masks import MaskSynthesizer
     from workers.pipeline.pipeline import FacePipeline
@@ -64,6 +65,7 @@ def _profile(images: list[tuple[str, bytes]]) -> dict:
         ),
         mask_classifier=MaskClassifier.load(),
         mask_synthesizer=MaskSynthesizer(),
+        landmark_refiner=LandmarkRefiner(),
     )
     rows = []
     for _, image in images[:3]:  # warm-up
@@ -88,6 +90,7 @@ def _profile(images: list[tuple[str, bytes]]) -> dict:
                 "quality": timings.quality_ms,
                 "embed": timings.embed_ms,
                 "mask_classifier": timings.mask_ms,
+                "refine_masked": timings.refine_ms,
                 f"synthetic_masks_x{len(synthetic)}": masks_ms,
                 "total": analyze_ms + masks_ms,
             }

@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.pipeline_speed [--images 200] [--model student]
 
 1. Latency: one 640x480 JPEG with one face, analysed as identify does (decode, detect, align, quality,
-   embed, mask classifier), one image at a time with the production thread setting (2 intra-op threads);
-   p50/p95 per stage and in total.
+   embed, mask classifier, and for a face called masked the landmark refiner and its second embedding),
+   one image at a time with the production thread setting (2 intra-op threads); p50/p95 per stage and in
+   total, for the plain photos and (mask templates present) the same photos with a synthetic mask.
 2. Enrollment throughput: the same work with the enrollment floors plus the synthetic-mask templates
    (mask synthesis, alignment, embedding of each variant), in 2 worker processes of 1 thread each, the way
    a Celery worker with --concurrency 2 uses both cores; images per second over the whole run.
@@ -30,13 +31,14 @@ from PIL import Image
 
 from bench.quiet import environment, load_average, wait_for_quiet
 from workers.pipeline.config import DEFAULT_MODEL_DIR, PipelineConfig
+from workers.pipeline.landmark_refiner import LandmarkRefiner
 from workers.pipeline.mask_classifier import MaskClassifier
 from workers.pipeline.masks import MaskSynthesizer, templates_available
 from workers.pipeline.pipeline import FacePipeline
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_speed.jsonl"
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw_a" / "lfw"
-STAGES = ("decode_ms", "detect_ms", "align_ms", "quality_ms", "embed_ms", "mask_ms")
+STAGES = ("decode_ms", "detect_ms", "align_ms", "quality_ms", "embed_ms", "mask_ms", "refine_ms")
 
 
 def scene_images(count: int) -> tuple[list[bytes], str]:
@@ -61,10 +63,30 @@ def scene_images(count: int) -> tuple[list[bytes], str]:
     ], "generated cartoon faces in 640x480 scenes"
 
 
+def masked_scene_images(pipeline: FacePipeline, images: list[bytes]) -> list[bytes]:
+    """The same scenes, each face wearing a synthetic mask of a random type drawn at its landmarks."""
+    synthesizer = MaskSynthesizer()
+    rng = np.random.default_rng(1)
+    masked = []
+    for image in images:
+        face = pipeline.analyze(image, purpose="identify", max_faces=1).faces[0]
+        scene = np.array(Image.open(io.BytesIO(image)).convert("RGB"))[:, :, ::-1].copy()
+        drawn = synthesizer.apply(scene, np.array(face.landmarks), face.bbox, rng=rng)
+        buffer = io.BytesIO()
+        Image.fromarray(drawn[:, :, ::-1]).save(buffer, format="JPEG", quality=90)
+        masked.append(buffer.getvalue())
+    return masked
+
+
 def build_pipeline(model: str, threads: int, *, augment: bool) -> FacePipeline:
     config = PipelineConfig.for_model_dir(DEFAULT_MODEL_DIR, embedding_model=model, intra_op_threads=threads)
     synthesizer = MaskSynthesizer() if augment and templates_available() else None
-    return FacePipeline(config, mask_classifier=MaskClassifier.load(), mask_synthesizer=synthesizer)
+    return FacePipeline(
+        config,
+        mask_classifier=MaskClassifier.load(),
+        mask_synthesizer=synthesizer,
+        landmark_refiner=LandmarkRefiner(),
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -144,13 +166,18 @@ def main(argv: list[str] | None = None) -> None:
 
     images, source = scene_images(args.images)
     quiet = {} if args.no_wait else wait_for_quiet()
-    latency = measure_latency(build_pipeline(args.model, 2, augment=False), images)
+    pipeline = build_pipeline(args.model, 2, augment=False)
+    latency = measure_latency(pipeline, images)
+    masked_latency = (
+        measure_latency(pipeline, masked_scene_images(pipeline, images)) if templates_available() else None
+    )
     enrollment = measure_enrollment(args.model, images, args.processes)
     result = {
         "benchmark": "pipeline_speed",
         "model": args.model,
         "faces": source,
         "identify_path": latency,
+        "identify_path_masked": masked_latency,
         "enrollment": enrollment,
         "quiet": quiet,
         "load_at_end": load_average(),

@@ -58,6 +58,7 @@ def _pipeline(embedding_model: str) -> FacePipeline:
         mask_classifier=_mask_classifier(),
         mask_synthesizer=_mask_synthesizer(),
         augmentation=augmentation,
+        landmark_refiner=_landmark_refiner(),
     )
     if pipeline.mask_synthesizer is None and pipeline.augmentation.variants:
         logger.warning(
@@ -74,6 +75,12 @@ def _mask_classifier():
     from workers.pipeline.mask_classifier import MaskClassifier
 
     return MaskClassifier.load()
+
+
+def _landmark_refiner():
+    from workers.pipeline.landmark_refiner import LandmarkRefiner
+
+    return LandmarkRefiner()
 
 
 def _mask_synthesizer():

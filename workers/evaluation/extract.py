@@ -144,6 +144,10 @@ class Extractor:
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         detector_hash = _file_hash(pipeline.config.detection.model_path)
         self.recipe = f"yunet-{detector_hash}-{RECIPE_VERSION}"
+        if pipeline.landmark_refiner is not None:
+            # Which faces are re-aligned depends on the mask classifier, which reads the embedding model.
+            refiner_hash = _file_hash(pipeline.landmark_refiner.model_path)
+            self.recipe += f"-refined-{refiner_hash}-{pipeline.model_version}"
         self.model_version = pipeline.model_version
         self._faces: dict[str, FaceStore] = {}
         self._embeddings: dict[tuple[str, str], EmbeddingStore] = {}

@@ -61,6 +61,8 @@ from workers.pipeline.config import (
     embedding_config,
 )
 from workers.pipeline.enrollment_augmentation import DEFAULT_MASK_TYPES
+from workers.pipeline.landmark_refiner import LandmarkRefiner
+from workers.pipeline.mask_classifier import MaskClassifier
 from workers.pipeline.matching import MaskAwareCalibration, fuse_kind_scores
 from workers.pipeline.pipeline import FacePipeline
 from workers.training.datasets import LFW_DIR, RWMFD_DIR, rwmfd_face_is_masked
@@ -83,8 +85,14 @@ class EvaluationConfig:
     seed: int = 0
 
 
+# A model name with this suffix runs the pipeline's masked-face stages too: the mask classifier and the
+# landmark refiner, which re-aligns the faces it calls masked (workers/pipeline/landmark_refiner.py).
+REFINED = "+refiner"
+
+
 def model_embedding_config(model: str, model_dir: Path) -> EmbeddingConfig:
-    """The embedding model called `model` (a name of config.EMBEDDING_MODELS, or a path to an ONNX file)."""
+    """The embedding model called `model` (a name of config.EMBEDDING_MODELS, or a path to an ONNX file;
+    without the REFINED suffix)."""
     if model in EMBEDDING_MODELS:
         return embedding_config(model, model_dir)
     path = Path(model)
@@ -100,11 +108,18 @@ class ModelRun:
         self.evaluation = evaluation
         self.name = name
         config = evaluation.config
+        embedding_model = name.removesuffix(REFINED)
         pipeline_config = replace(
             PipelineConfig.for_model_dir(config.model_dir, intra_op_threads=config.threads),
-            embedding=model_embedding_config(name, config.model_dir),
+            embedding=model_embedding_config(embedding_model, config.model_dir),
         )
-        self.pipeline = FacePipeline(pipeline_config)
+        masked_face_stages = {}
+        if name.endswith(REFINED):
+            masked_face_stages = {
+                "mask_classifier": MaskClassifier.load(),
+                "landmark_refiner": LandmarkRefiner(intra_op_threads=config.threads),
+            }
+        self.pipeline = FacePipeline(pipeline_config, **masked_face_stages)
         self.extractor = Extractor(
             self.pipeline,
             lfw_dir=config.lfw_dir,
@@ -559,10 +574,6 @@ def _fit_logistic(
 
 
 def _load_mask_classifier():
-    try:
-        from workers.pipeline.mask_classifier import MaskClassifier
-    except ImportError as error:
-        return f"workers.pipeline.mask_classifier is not available ({error}); only the baseline was measured"
     try:
         return MaskClassifier.load()
     except Exception as error:  # its model file may not be built yet

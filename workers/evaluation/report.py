@@ -357,7 +357,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--protocols", default=",".join(PROTOCOLS), help="comma-separated subset of a,b,c,d,e"
     )
-    parser.add_argument("--model", default="sface", help="sface, student, or both: sface,student")
+    parser.add_argument(
+        "--model",
+        default="sface",
+        help="sface, student, or both: sface,student; NAME+refiner also re-aligns the faces the mask "
+        "classifier calls masked (the landmark refiner), as the service does",
+    )
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="markdown report (JSON and SVGs beside)"
     )

@@ -1,7 +1,8 @@
 """The face pipeline: image bytes in; faces with boxes, landmarks, quality, mask state and embeddings out.
 
 decode -> detect -> align -> quality -> embed (one batched call for every face of the request, which also
-yields the lower-face activations) -> mask.
+yields the lower-face activations) -> mask -> refine (faces called masked are aligned again from the
+landmark refiner's points and embedded again: YuNet places every landmark of a masked face less well).
 Sessions are created once per process (see onnx_session), so building several FacePipeline objects with
 the same configuration is cheap; the pipeline itself holds no per-request state and is thread-safe.
 """
@@ -25,6 +26,7 @@ from workers.pipeline.enrollment_augmentation import (
 )
 from workers.pipeline.errors import ImageRejected
 from workers.pipeline.intake import decode_image
+from workers.pipeline.landmark_refiner import LandmarkRefiner
 from workers.pipeline.masks import MaskSynthesizer
 from workers.pipeline.matching import CALIBRATIONS as MASK_AWARE_CALIBRATIONS
 from workers.pipeline.quality import FaceQuality, assess_quality
@@ -57,7 +59,8 @@ class FaceAnalysis:
     mask: MaskPrediction | None
     # (D,) float32, L2-normalised; compare only with embeddings of the same ImageAnalysis.model_version.
     embedding: np.ndarray
-    # The 112x112 BGR uint8 crop the embedding was computed from.
+    # The 112x112 BGR uint8 crop the embedding was computed from: aligned from `landmarks` (YuNet's), or for a
+    # face called masked, from the landmark refiner's points when the pipeline has one.
     aligned_crop: np.ndarray
 
 
@@ -71,11 +74,19 @@ class StageTimings:
     quality_ms: float
     embed_ms: float
     mask_ms: float
+    # Landmark refinement, alignment and embedding again of the faces called masked.
+    refine_ms: float
 
     @property
     def total_ms(self) -> float:
         return (
-            self.decode_ms + self.detect_ms + self.align_ms + self.quality_ms + self.embed_ms + self.mask_ms
+            self.decode_ms
+            + self.detect_ms
+            + self.align_ms
+            + self.quality_ms
+            + self.embed_ms
+            + self.mask_ms
+            + self.refine_ms
         )
 
 
@@ -97,6 +108,8 @@ class _PreparedImage:
 
     width: int
     height: int
+    # Decoded, kept until the masked faces are aligned again.
+    image: np.ndarray
     faces: list[DetectedFace]
     faces_detected: int
     crops: np.ndarray
@@ -111,7 +124,8 @@ class FacePipeline:
     """Built once per process. `mask_classifier` is injected (the Django layer passes
     workers.pipeline.mask_classifier.MaskClassifier.load()); without one, every face's `mask` is None.
     `mask_synthesizer` enables mask-augmented enrollment templates (`synthetic_templates`); without an
-    `augmentation`, a face gets as many as the embedding model's mask-aware calibration was measured with."""
+    `augmentation`, a face gets as many as the embedding model's mask-aware calibration was measured with.
+    `landmark_refiner` (which needs the mask classifier) re-aligns the faces called masked."""
 
     def __init__(
         self,
@@ -120,6 +134,7 @@ class FacePipeline:
         mask_classifier: MaskClassifier | None = None,
         mask_synthesizer: MaskSynthesizer | None = None,
         augmentation: AugmentationConfig | None = None,
+        landmark_refiner: LandmarkRefiner | None = None,
     ) -> None:
         self.config = config
         self.mask_synthesizer = mask_synthesizer
@@ -142,6 +157,11 @@ class FacePipeline:
                 f"configured with {tensor!r}"
             )
         self.mask_classifier = mask_classifier
+        if landmark_refiner is not None and mask_classifier is None:
+            raise ValueError(
+                "the landmark refiner re-aligns the faces the mask classifier calls masked: pass both"
+            )
+        self.landmark_refiner = landmark_refiner
 
     @property
     def model_version(self) -> str:
@@ -183,6 +203,9 @@ class FacePipeline:
         started = time.perf_counter()
         masks = self._classify_masks(lower_face, len(crops))
         mask_ms = _elapsed_ms(started)
+        started = time.perf_counter()
+        crops, embeddings = self._realign_masked_faces(ready, crops, embeddings, masks)
+        refine_ms = _elapsed_ms(started)
 
         results: list[ImageAnalysis | ImageRejected] = []
         first_face = 0
@@ -205,11 +228,9 @@ class FacePipeline:
                             quality=quality,
                             mask=masks[index],
                             embedding=embeddings[index],
-                            aligned_crop=crop,
+                            aligned_crop=crops[index],
                         )
-                        for face, quality, crop, index in zip(
-                            item.faces, item.qualities, item.crops, face_range, strict=True
-                        )
+                        for face, quality, index in zip(item.faces, item.qualities, face_range, strict=True)
                     ),
                     faces_detected=item.faces_detected,
                     model_version=self.model_version,
@@ -220,6 +241,7 @@ class FacePipeline:
                         quality_ms=item.quality_ms,
                         embed_ms=embed_ms * share,
                         mask_ms=mask_ms * share,
+                        refine_ms=refine_ms * share,
                     ),
                 )
             )
@@ -270,6 +292,7 @@ class FacePipeline:
         return _PreparedImage(
             width=image.shape[1],
             height=image.shape[0],
+            image=image,
             faces=faces,
             faces_detected=len(detected),
             crops=crops,
@@ -279,6 +302,34 @@ class FacePipeline:
             align_ms=align_ms,
             quality_ms=quality_ms,
         )
+
+    def _realign_masked_faces(
+        self,
+        ready: list[_PreparedImage],
+        crops: list[np.ndarray],
+        embeddings: np.ndarray,
+        masks: list[MaskPrediction | None],
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The crops and embeddings with every masked face aligned from refined landmarks, embedded again."""
+        if self.landmark_refiner is None:
+            return crops, embeddings
+        rows, realigned = [], []
+        first_face = 0
+        for item in ready:
+            masked = [i for i in range(len(item.faces)) if (mask := masks[first_face + i]) and mask.masked]
+            if masked:
+                points = self.landmark_refiner.refine(
+                    item.image, [item.faces[i].landmark_array() for i in masked]
+                )
+                realigned.extend(align_faces(item.image, points))
+                rows.extend(first_face + i for i in masked)
+            first_face += len(item.faces)
+        if not rows:
+            return crops, embeddings
+        crops, embeddings = list(crops), embeddings.copy()
+        for row, crop, embedding in zip(rows, realigned, self.embedder.embed(realigned), strict=True):
+            crops[row], embeddings[row] = crop, embedding
+        return crops, embeddings
 
     def _classify_masks(self, lower_face: np.ndarray | None, faces: int) -> list[MaskPrediction | None]:
         if self.mask_classifier is None or lower_face is None or not faces:

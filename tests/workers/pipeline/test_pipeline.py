@@ -18,6 +18,7 @@ from workers.pipeline.errors import (
     UnsupportedFormat,
 )
 from workers.pipeline.intake import decode_image
+from workers.pipeline.landmark_refiner import LandmarkRefiner
 from workers.pipeline.pipeline import FacePipeline, ImageAnalysis, MaskPrediction
 from workers.pipeline.quality import QualityIssue
 
@@ -25,13 +26,21 @@ from workers.pipeline.quality import QualityIssue
 class RecordingMaskClassifier:
     lower_face_tensor = "conv_12_relu"
 
-    def __init__(self, answer: tuple[bool, float] = (True, 0.87), extra_answers: int = 0) -> None:
+    def __init__(
+        self,
+        answer: tuple[bool, float] = (True, 0.87),
+        extra_answers: int = 0,
+        answers: list[tuple[bool, float]] | None = None,
+    ) -> None:
         self.answer = answer
         self.extra_answers = extra_answers
+        self.answers = answers
         self.calls: list[np.ndarray] = []
 
     def predict(self, lower_face):
         self.calls.append(lower_face)
+        if self.answers is not None:
+            return self.answers
         return [self.answer] * (len(lower_face) + self.extra_answers)
 
 
@@ -182,6 +191,40 @@ def test_a_mask_classifier_answering_the_wrong_number_of_faces_is_caught(pipelin
 
     with pytest.raises(RuntimeError, match="mask classifier"):
         pipeline.analyze(encode(face_photo()), purpose="identify")
+
+
+def test_faces_called_masked_are_aligned_from_refined_landmarks_and_embedded_again(pipeline_config):
+    refiner = LandmarkRefiner()
+    # Faces come largest first: the middle face, the right one, the left one.
+    classifier = RecordingMaskClassifier(answers=[(True, 0.9), (False, 0.1), (True, 0.8)])
+    pipeline = FacePipeline(pipeline_config, mask_classifier=classifier, landmark_refiner=refiner)
+    photo = three_faces_photo()
+
+    analysis = pipeline.analyze(encode(photo, "PNG"), purpose="identify")
+
+    masked, unmasked = [analysis.faces[0], analysis.faces[2]], analysis.faces[1]
+    yunet_points = [np.array(face.landmarks) for face in masked]
+    refined_crops = [align_face(photo, points) for points in refiner.refine(photo, yunet_points)]
+    for face, crop in zip(masked, refined_crops, strict=True):
+        np.testing.assert_array_equal(face.aligned_crop, crop)
+        np.testing.assert_allclose(face.embedding, pipeline.embedder.embed(crop[np.newaxis])[0], atol=1e-5)
+        assert not np.array_equal(crop, align_face(photo, np.array(face.landmarks)))
+    np.testing.assert_array_equal(unmasked.aligned_crop, align_face(photo, np.array(unmasked.landmarks)))
+    assert analysis.timings.refine_ms > 0
+
+
+def test_without_masked_faces_nothing_is_refined(pipeline_config, count_embed_calls):
+    classifier = RecordingMaskClassifier(answer=(False, 0.2))
+    pipeline = FacePipeline(pipeline_config, mask_classifier=classifier, landmark_refiner=LandmarkRefiner())
+
+    pipeline.analyze(encode(three_faces_photo(), "PNG"), purpose="identify")
+
+    assert count_embed_calls == []  # describe() embedded the faces; nothing was embedded again
+
+
+def test_a_landmark_refiner_needs_the_mask_classifier(pipeline_config):
+    with pytest.raises(ValueError, match="mask classifier"):
+        FacePipeline(pipeline_config, landmark_refiner=LandmarkRefiner())
 
 
 def test_the_real_mask_classifier_fits_the_interface(pipeline_config):
