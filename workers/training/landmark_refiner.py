@@ -16,7 +16,7 @@ Data (identity-disjoint splits of workers.training.datasets; every choice seeded
   check. Test people are left for the evaluation (workers.evaluation, docs/accuracy.md).
 
 Network: four 3x3 convolutions (16-32-64-96 channels, batch norm, ReLU, 2x2 max pooling after the first
-three) and two fully connected layers (128, 10), 0.63M weights; smooth-L1 loss on the offsets from the
+three) and two fully connected layers (128, 10), 0.68M weights; smooth-L1 loss on the offsets from the
 alignment template, AdamW with a one-cycle schedule, mirroring (points swapped) and brightness/contrast
 jitter. Exported to ONNX with a free batch dimension.
 """
