@@ -86,7 +86,9 @@ def _summary(rows: list[np.ndarray]) -> dict:
     }
 
 
-def measure(*, photos: int, lfw_dir: Path, rwmfd_dir: Path, model_dir: Path) -> dict:
+def measure(
+    *, photos: int, lfw_dir: Path, rwmfd_dir: Path, model_dir: Path, rwmfd_photos: int | None = None
+) -> dict:
     localisers = Localisers(model_dir)
     synthesizer = MaskSynthesizer()
     rng = np.random.default_rng(0)
@@ -113,7 +115,7 @@ def measure(*, photos: int, lfw_dir: Path, rwmfd_dir: Path, model_dir: Path) -> 
         for name, values in localisers.mirror_disagreement(masked, found).items():
             synthetic_mirror[name].append(values)
     real_mirror: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
-    for path in rwmfd_images(rwmfd_dir):
+    for path in rwmfd_images(rwmfd_dir)[:rwmfd_photos]:
         image = read_bgr(path)
         faces = localisers.detector.detect(image)
         if not faces:

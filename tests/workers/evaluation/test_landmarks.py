@@ -1,0 +1,24 @@
+"""The landmark measurement on a few shared-data photos (skips without ../shared/data)."""
+
+from tests.conftest import require_shared_data
+from workers.evaluation.landmarks import measure
+from workers.pipeline.config import DEFAULT_MODEL_DIR
+
+
+def test_refined_points_are_nearer_the_plain_photos_and_every_set_is_measured():
+    report = measure(
+        photos=24,
+        lfw_dir=require_shared_data("lfw_a"),
+        rwmfd_dir=require_shared_data("rwmfd_part1"),
+        model_dir=DEFAULT_MODEL_DIR,
+        rwmfd_photos=30,
+    )
+
+    errors = report["error_against_plain_photo_iod"]
+    assert errors["yunet"]["faces"] >= 18
+    assert errors["refined"]["mean"] < errors["yunet"]["mean"]
+    assert errors["yunet_plain_jpeg_or_shift"]["mean"] < errors["yunet"]["mean"]
+    for data_set in ("lfw_synthetic_masks", "rwmfd_real_masks"):
+        measured = report["mirror_disagreement_iod"][data_set]
+        assert measured["yunet"]["faces"] == measured["refined"]["faces"] > 0
+        assert len(measured["refined"]["mean_per_point"]) == 5
