@@ -12,8 +12,9 @@ of an enrolled person, or a person who is not enrolled, a quarter of them wearin
 (MaskSynthesizer, a mask type enrollment never draws). After a warm-up and once the machine is quiet
 (bench/quiet.py) it sends `--requests` identifies one at a time (latency) and then at concurrency 4
 (throughput). The Server-Timing header of each answer says where the time went: decode, detect, align,
-quality, embed, mask (the mask classifier) and search (search + ranking + usage record); whatever the
-client waited beyond those is framework (HTTP, gunicorn, DRF, authentication, rate limit, quota, JSON).
+quality, embed, mask (the mask classifier), refine (a masked face aligned and embedded again) and search
+(search + ranking + usage record); whatever the client waited beyond those is framework (HTTP, gunicorn,
+DRF, authentication, rate limit, quota, JSON).
 Results are appended to bench/results/identify_http.jsonl.
 """
 

@@ -11,7 +11,12 @@ from functools import cache
 
 from django.conf import settings
 
-from workers.pipeline.config import EMBEDDING_MODELS, IntakeLimits, PipelineConfig
+from workers.pipeline.config import (
+    EMBEDDING_MODELS,
+    REFINED_LANDMARK_MODELS,
+    IntakeLimits,
+    PipelineConfig,
+)
 from workers.pipeline.enrollment_augmentation import AugmentationConfig
 from workers.pipeline.errors import ModelUnavailable
 from workers.pipeline.pipeline import FacePipeline
@@ -58,7 +63,7 @@ def _pipeline(embedding_model: str) -> FacePipeline:
         mask_classifier=_mask_classifier(),
         mask_synthesizer=_mask_synthesizer(),
         augmentation=augmentation,
-        landmark_refiner=_landmark_refiner(),
+        landmark_refiner=_landmark_refiner() if embedding_model in REFINED_LANDMARK_MODELS else None,
     )
     if pipeline.mask_synthesizer is None and pipeline.augmentation.variants:
         logger.warning(

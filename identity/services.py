@@ -601,7 +601,7 @@ class Identification:
     subjects: dict
     model_version: str
     took_ms: float
-    # Milliseconds per stage (decode, detect, align, quality, embed, mask, search) for Server-Timing.
+    # Milliseconds per stage (decode, detect, align, quality, embed, mask, refine, search) for Server-Timing.
     stage_ms: dict[str, float]
 
 

@@ -25,6 +25,8 @@ import numpy as np
 
 from workers.evaluation.cache import DEFAULT_CACHE_DIR, EmbeddingStore, FaceStore
 from workers.pipeline.enrollment_augmentation import AugmentationConfig, masked_variant_crops
+from workers.pipeline.landmark_refiner import PASSES
+from workers.pipeline.mask_classifier import DEFAULT_WEIGHTS_PATH
 from workers.pipeline.masks import MaskSynthesizer
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 from workers.training.datasets import read_bgr
@@ -145,9 +147,10 @@ class Extractor:
         detector_hash = _file_hash(pipeline.config.detection.model_path)
         self.recipe = f"yunet-{detector_hash}-{RECIPE_VERSION}"
         if pipeline.landmark_refiner is not None:
-            # Which faces are re-aligned depends on the mask classifier, which reads the embedding model.
+            # Which faces are re-aligned depends on the mask classifier and on the embedding model it reads.
             refiner_hash = _file_hash(pipeline.landmark_refiner.model_path)
-            self.recipe += f"-refined-{refiner_hash}-{pipeline.model_version}"
+            classifier_hash = _file_hash(DEFAULT_WEIGHTS_PATH)[:8]
+            self.recipe += f"-refined{PASSES}-{refiner_hash}-{classifier_hash}-{pipeline.model_version}"
         self.model_version = pipeline.model_version
         self._faces: dict[str, FaceStore] = {}
         self._embeddings: dict[tuple[str, str], EmbeddingStore] = {}

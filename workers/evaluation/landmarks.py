@@ -26,12 +26,11 @@ import numpy as np
 
 from workers.evaluation.lfw import lfw_canvas
 from workers.pipeline.config import DEFAULT_MODEL_DIR, YUNET_FILE, DetectionConfig
-from workers.pipeline.detection import FaceDetector
-from workers.pipeline.landmark_refiner import LandmarkRefiner
+from workers.pipeline.detection import DetectedFace, FaceDetector
+from workers.pipeline.landmark_refiner import MIRRORED_ORDER, LandmarkRefiner
 from workers.pipeline.masks import MaskSynthesizer
 from workers.training.datasets import LFW_DIR, RWMFD_DIR, lfw_images, read_bgr, rwmfd_images
 
-MIRRORED_POINTS = [1, 0, 2, 4, 3]
 MIN_RWMFD_INTER_OCULAR = 25.0
 
 
@@ -40,13 +39,16 @@ class Localisers:
         self.detector = FaceDetector(DetectionConfig(model_path=Path(model_dir) / YUNET_FILE))
         self.refiner = LandmarkRefiner()
 
-    def nearest(self, image: np.ndarray, near: np.ndarray) -> np.ndarray | None:
-        """YuNet's points of the face whose centre is nearest `near`."""
+    def nearest_face(self, image: np.ndarray, near: np.ndarray) -> DetectedFace | None:
+        """The face YuNet finds whose landmarks' centre is nearest `near`."""
         faces = self.detector.detect(image)
         if not faces:
             return None
-        points = [face.landmark_array() for face in faces]
-        return min(points, key=lambda p: float(np.linalg.norm(p.mean(axis=0) - near)))
+        return min(faces, key=lambda face: float(np.linalg.norm(face.landmark_array().mean(axis=0) - near)))
+
+    def nearest(self, image: np.ndarray, near: np.ndarray) -> np.ndarray | None:
+        face = self.nearest_face(image, near)
+        return None if face is None else face.landmark_array()
 
     def both(self, image: np.ndarray, near: np.ndarray) -> dict[str, np.ndarray] | None:
         found = self.nearest(image, near)
@@ -70,7 +72,7 @@ class Localisers:
 def _mirror(points: np.ndarray, width: int) -> np.ndarray:
     flipped = points.copy()
     flipped[:, 0] = width - 1 - flipped[:, 0]
-    return flipped[MIRRORED_POINTS]
+    return flipped[MIRRORED_ORDER]
 
 
 def _inter_ocular(points: np.ndarray) -> float:
@@ -98,15 +100,15 @@ def measure(
     synthetic_mirror: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
     for photo in chosen:
         canvas = lfw_canvas(photo.path)
-        plain = localisers.nearest(canvas, np.array([320.0, 240.0]))
-        if plain is None:
+        plain_face = localisers.nearest_face(canvas, np.array([320.0, 240.0]))
+        if plain_face is None:
             continue
+        plain = plain_face.landmark_array()
         inter_ocular = _inter_ocular(plain)
         again = _re_detected(localisers, canvas, plain, rng)
         if again is not None:
             errors["yunet_plain_jpeg_or_shift"].append(np.linalg.norm(again - plain, axis=1) / inter_ocular)
-        box = localisers.detector.detect(canvas)[0].bbox
-        masked = synthesizer.apply(canvas, plain, box, rng=rng)
+        masked = synthesizer.apply(canvas, plain, plain_face.bbox, rng=rng)
         found = localisers.both(masked, plain.mean(axis=0))
         if found is None or np.linalg.norm(found["yunet"].mean(axis=0) - plain.mean(axis=0)) > inter_ocular:
             continue
@@ -153,13 +155,18 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--photos", type=int, default=300, help="LFW test photos")
+    parser.add_argument("--rwmfd-photos", type=int, default=None, help="the first N RWMFD photos (all)")
     parser.add_argument("--lfw-dir", type=Path, default=LFW_DIR)
     parser.add_argument("--rwmfd-dir", type=Path, default=RWMFD_DIR)
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     report = measure(
-        photos=args.photos, lfw_dir=args.lfw_dir, rwmfd_dir=args.rwmfd_dir, model_dir=args.model_dir
+        photos=args.photos,
+        lfw_dir=args.lfw_dir,
+        rwmfd_dir=args.rwmfd_dir,
+        model_dir=args.model_dir,
+        rwmfd_photos=args.rwmfd_photos,
     )
     text = json.dumps(report, indent=2)
     if args.output:

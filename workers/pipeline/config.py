@@ -146,6 +146,11 @@ EMBEDDING_MODELS: dict[str, EmbeddingConfig] = {
 }
 
 
+# The models whose masked-probe calibration (matching.py) was fitted on masked faces re-aligned by the
+# landmark refiner (workers/pipeline/landmark_refiner.py); the service re-aligns masked faces for these only,
+# so that every model is scored as it was calibrated.
+REFINED_LANDMARK_MODELS = frozenset({"student-v2-flip"})
+
 # What the service runs unless VISOR_EMBEDDING_MODEL says otherwise.
 DEFAULT_EMBEDDING_MODEL = "student-v2-flip"
 

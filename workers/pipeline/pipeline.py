@@ -108,8 +108,8 @@ class _PreparedImage:
 
     width: int
     height: int
-    # Decoded, kept until the masked faces are aligned again.
-    image: np.ndarray
+    # Decoded, kept until the masked faces are aligned again; None when the pipeline has no landmark refiner.
+    image: np.ndarray | None
     faces: list[DetectedFace]
     faces_detected: int
     crops: np.ndarray
@@ -292,7 +292,7 @@ class FacePipeline:
         return _PreparedImage(
             width=image.shape[1],
             height=image.shape[0],
-            image=image,
+            image=image if self.landmark_refiner is not None else None,
             faces=faces,
             faces_detected=len(detected),
             crops=crops,
@@ -318,11 +318,15 @@ class FacePipeline:
         for item in ready:
             masked = [i for i in range(len(item.faces)) if (mask := masks[first_face + i]) and mask.masked]
             if masked:
-                points = self.landmark_refiner.refine(
-                    item.image, [item.faces[i].landmark_array() for i in masked]
-                )
-                realigned.extend(align_faces(item.image, points))
-                rows.extend(first_face + i for i in masked)
+                detected = [item.faces[i].landmark_array() for i in masked]
+                refined = self.landmark_refiner.refine(item.image, detected)
+                moved = [
+                    (i, points)
+                    for i, points, before in zip(masked, refined, detected, strict=True)
+                    if not np.array_equal(points, before)
+                ]
+                realigned.extend(align_faces(item.image, [points for _, points in moved]))
+                rows.extend(first_face + i for i, _ in moved)
             first_face += len(item.faces)
         if not rows:
             return crops, embeddings

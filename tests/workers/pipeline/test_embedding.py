@@ -77,19 +77,25 @@ def test_a_batch_is_one_session_run(embedder, crops, session_runs):
     assert [shape for _, shape in session_runs] == [(6, 3, 112, 112)]
 
 
-def test_a_crowd_is_embedded_in_runs_of_bounded_size_with_the_same_result(embedder, crops, session_runs):
+@pytest.mark.parametrize("flip_average", [False, True], ids=["plain", "mirror-averaged"])
+def test_a_crowd_is_embedded_in_runs_of_bounded_size_with_the_same_result(
+    pipeline_config, crops, session_runs, flip_average
+):
+    embedder = FaceEmbedder.from_config(replace(pipeline_config.embedding, flip_average=flip_average))
     crowd = np.concatenate([crops] * 7)[: MAX_FACES_PER_RUN + 5]
 
     embeddings = embedder.embed(crowd)
     descriptors = embedder.describe(crowd)
 
+    images_per_face = 2 if flip_average else 1
     sizes = [shape[0] for _, shape in session_runs]
-    assert sizes == [MAX_FACES_PER_RUN, 5, MAX_FACES_PER_RUN, 5]
-    np.testing.assert_allclose(
-        embeddings, np.concatenate([embedder.embed([crop]) for crop in crowd]), atol=1e-5
-    )
+    assert sizes == [images_per_face * n for n in (MAX_FACES_PER_RUN, 5, MAX_FACES_PER_RUN, 5)]
+    one_at_a_time = [embedder.describe(crowd[i : i + 1]) for i in range(len(crowd))]
+    np.testing.assert_allclose(embeddings, np.concatenate([d.embeddings for d in one_at_a_time]), atol=1e-5)
     np.testing.assert_array_equal(descriptors.embeddings, embeddings)
-    assert descriptors.lower_face.shape == (len(crowd), 512)
+    np.testing.assert_allclose(
+        descriptors.lower_face, np.concatenate([d.lower_face for d in one_at_a_time]), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_the_pinned_batch_dimension_of_the_export_is_freed(embedder):

@@ -8,7 +8,7 @@ from tests.workers.pipeline.conftest import MODEL_DIR, face_photo, require_share
 from workers.pipeline.config import YUNET_FILE, DetectionConfig
 from workers.pipeline.detection import FaceDetector
 from workers.pipeline.errors import ModelUnavailable
-from workers.pipeline.landmark_refiner import LandmarkRefiner
+from workers.pipeline.landmark_refiner import MIN_INTER_OCULAR_PX, LandmarkRefiner, _plausible
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +48,46 @@ def test_refined_points_move_with_the_face(refiner, detector):
     np.testing.assert_allclose(shifted_points, points + shift, atol=1e-3)
 
 
-def test_a_colour_photo_is_refined_from_its_grey_version(refiner, detector):
-    photo = face_photo()
+def test_a_grey_photo_is_refined_alike_in_one_or_three_channels(refiner, detector):
+    grey = cv2.cvtColor(face_photo(), cv2.COLOR_BGR2GRAY)
+    three_channels = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    (face,) = detector.detect(three_channels)
+
+    refined = [
+        refiner.refine(image, [face.landmark_array()])[0]
+        for image in (three_channels, grey, grey[:, :, None])
+    ]
+
+    np.testing.assert_array_equal(refined[1], refined[0])
+    np.testing.assert_array_equal(refined[2], refined[0])
+
+
+def test_an_implausible_refinement_is_dropped_for_the_detected_points():
+    detected = np.array([[100, 100], [140, 100], [120, 122], [104, 140], [136, 140]], np.float64)
+    spread = detected.copy()
+    spread[0, 0], spread[1, 0] = 72, 168  # 96 px apart instead of 40, each eye moved 28 px
+    squeezed = detected.copy()
+    squeezed[1, 0] = 115  # 15 px apart instead of 40
+
+    assert _plausible(detected + 3.0, detected)
+    assert not _plausible(np.full((5, 2), np.nan), detected)
+    assert not _plausible(spread, detected)
+    assert not _plausible(squeezed, detected)
+    assert not _plausible(detected + np.array([0.0, 45.0]), detected)  # moved further than the eyes are apart
+
+
+def test_faces_smaller_than_any_trained_on_keep_their_detected_points(refiner, detector):
+    photo = face_photo(size=100)
     (face,) = detector.detect(photo)
-    grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    shrunk = cv2.resize(photo, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)
+    small_points = face.landmark_array() * 0.2
+    assert np.linalg.norm(small_points[1] - small_points[0]) < MIN_INTER_OCULAR_PX
 
-    (colour_points,) = refiner.refine(photo, [face.landmark_array()])
-    (grey_points,) = refiner.refine(grey, [face.landmark_array()])
+    (kept,) = refiner.refine(shrunk, [small_points])
+    (moved,) = refiner.refine(photo, [face.landmark_array()])
 
-    np.testing.assert_array_equal(grey_points, colour_points)
+    np.testing.assert_array_equal(kept, small_points)
+    assert not np.array_equal(moved, face.landmark_array())
 
 
 def test_missing_weights_are_a_deployment_fault(tmp_path):

@@ -213,13 +213,45 @@ def test_faces_called_masked_are_aligned_from_refined_landmarks_and_embedded_aga
     assert analysis.timings.refine_ms > 0
 
 
-def test_without_masked_faces_nothing_is_refined(pipeline_config, count_embed_calls):
+def test_without_masked_faces_nothing_is_refined(pipeline_config, count_embed_calls, monkeypatch):
+    refined: list[int] = []
+    original_refine = LandmarkRefiner.refine
+    monkeypatch.setattr(
+        LandmarkRefiner,
+        "refine",
+        lambda self, image, landmarks: (
+            refined.append(len(landmarks)) or original_refine(self, image, landmarks)
+        ),
+    )
     classifier = RecordingMaskClassifier(answer=(False, 0.2))
     pipeline = FacePipeline(pipeline_config, mask_classifier=classifier, landmark_refiner=LandmarkRefiner())
 
     pipeline.analyze(encode(three_faces_photo(), "PNG"), purpose="identify")
 
+    assert refined == []
     assert count_embed_calls == []  # describe() embedded the faces; nothing was embedded again
+
+
+def test_in_a_batch_each_masked_face_is_realigned_in_its_own_image(pipeline_config, count_embed_calls):
+    refiner = LandmarkRefiner()
+    # Faces in batch order: the three-face photo's (largest first), then the single face.
+    answers = [(False, 0.1), (False, 0.2), (True, 0.7), (True, 0.9)]
+    pipeline = FacePipeline(
+        pipeline_config, mask_classifier=RecordingMaskClassifier(answers=answers), landmark_refiner=refiner
+    )
+    photos = [three_faces_photo(), face_photo()]
+
+    first, rejected, second = pipeline.analyze_batch(
+        [encode(photos[0], "PNG"), b"not an image", encode(photos[1], "PNG")], purpose="identify"
+    )
+
+    assert isinstance(rejected, CorruptImage | UnsupportedFormat)
+    assert count_embed_calls == [2]  # the two masked faces, embedded again together
+    faces = [(photos[0], face) for face in first.faces] + [(photos[1], face) for face in second.faces]
+    for (photo, face), (masked, _) in zip(faces, answers, strict=True):
+        detected = np.array(face.landmarks)
+        points = refiner.refine(photo, [detected])[0] if masked else detected
+        np.testing.assert_array_equal(face.aligned_crop, align_face(photo, points))
 
 
 def test_a_landmark_refiner_needs_the_mask_classifier(pipeline_config):
