@@ -64,16 +64,19 @@ def test_a_grey_photo_is_refined_alike_in_one_or_three_channels(refiner, detecto
 
 def test_an_implausible_refinement_is_dropped_for_the_detected_points():
     detected = np.array([[100, 100], [140, 100], [120, 122], [104, 140], [136, 140]], np.float64)
+    widened = detected.copy()
+    widened[0, 0], widened[1, 0] = 86, 154  # YuNet often squeezes a masked face's eyes: 68 px apart, not 40
     spread = detected.copy()
-    spread[0, 0], spread[1, 0] = 72, 168  # 96 px apart instead of 40, each eye moved 28 px
-    squeezed = detected.copy()
-    squeezed[1, 0] = 115  # 15 px apart instead of 40
+    spread[0, 0], spread[1, 0] = 55, 185  # 130 px apart
+    collapsed = detected.copy()
+    collapsed[1, 0] = 110  # 10 px apart
 
     assert _plausible(detected + 3.0, detected)
+    assert _plausible(widened, detected)
     assert not _plausible(np.full((5, 2), np.nan), detected)
     assert not _plausible(spread, detected)
-    assert not _plausible(squeezed, detected)
-    assert not _plausible(detected + np.array([0.0, 45.0]), detected)  # moved further than the eyes are apart
+    assert not _plausible(collapsed, detected)
+    assert not _plausible(detected + np.array([0.0, 70.0]), detected)  # 1.75 inter-ocular distances away
 
 
 def test_faces_smaller_than_any_trained_on_keep_their_detected_points(refiner, detector):
