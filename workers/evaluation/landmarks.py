@@ -26,8 +26,8 @@ import numpy as np
 
 from workers.evaluation.lfw import lfw_canvas
 from workers.pipeline.config import DEFAULT_MODEL_DIR, YUNET_FILE, DetectionConfig
-from workers.pipeline.detection import DetectedFace, FaceDetector
-from workers.pipeline.landmark_refiner import MIRRORED_ORDER, LandmarkRefiner
+from workers.pipeline.detection import DetectedFace, FaceDetector, nearest_face
+from workers.pipeline.landmark_refiner import MIRRORED_ORDER, LandmarkRefiner, inter_ocular_distance
 from workers.pipeline.masks import MaskSynthesizer
 from workers.training.datasets import LFW_DIR, RWMFD_DIR, lfw_images, read_bgr, rwmfd_images
 
@@ -40,11 +40,7 @@ class Localisers:
         self.refiner = LandmarkRefiner()
 
     def nearest_face(self, image: np.ndarray, near: np.ndarray) -> DetectedFace | None:
-        """The face YuNet finds whose landmarks' centre is nearest `near`."""
-        faces = self.detector.detect(image)
-        if not faces:
-            return None
-        return min(faces, key=lambda face: float(np.linalg.norm(face.landmark_array().mean(axis=0) - near)))
+        return nearest_face(self.detector.detect(image), near)
 
     def nearest(self, image: np.ndarray, near: np.ndarray) -> np.ndarray | None:
         face = self.nearest_face(image, near)
@@ -62,7 +58,7 @@ class Localisers:
         seen = self.both(mirrored, _mirror(points["yunet"], width).mean(axis=0))
         if seen is None:
             return {}
-        inter_ocular = _inter_ocular(points["yunet"])
+        inter_ocular = inter_ocular_distance(points["yunet"])
         return {
             name: np.linalg.norm(_mirror(seen[name], width) - points[name], axis=1) / inter_ocular
             for name in points
@@ -73,10 +69,6 @@ def _mirror(points: np.ndarray, width: int) -> np.ndarray:
     flipped = points.copy()
     flipped[:, 0] = width - 1 - flipped[:, 0]
     return flipped[MIRRORED_ORDER]
-
-
-def _inter_ocular(points: np.ndarray) -> float:
-    return float(np.linalg.norm(points[0] - points[1]))
 
 
 def _summary(rows: list[np.ndarray]) -> dict:
@@ -104,7 +96,7 @@ def measure(
         if plain_face is None:
             continue
         plain = plain_face.landmark_array()
-        inter_ocular = _inter_ocular(plain)
+        inter_ocular = inter_ocular_distance(plain)
         again = _re_detected(localisers, canvas, plain, rng)
         if again is not None:
             errors["yunet_plain_jpeg_or_shift"].append(np.linalg.norm(again - plain, axis=1) / inter_ocular)
@@ -123,7 +115,7 @@ def measure(
         if not faces:
             continue
         largest = max(faces, key=lambda face: face.bbox.area).landmark_array()
-        if _inter_ocular(largest) < MIN_RWMFD_INTER_OCULAR:
+        if inter_ocular_distance(largest) < MIN_RWMFD_INTER_OCULAR:
             continue
         found = {"yunet": largest, "refined": localisers.refiner.refine(image, [largest])[0]}
         for name, values in localisers.mirror_disagreement(image, found).items():

@@ -238,6 +238,13 @@ def _grid(stride: int, width: int, height: int) -> np.ndarray:
     return coordinates
 
 
+def nearest_face(faces: list[DetectedFace], point: np.ndarray) -> DetectedFace | None:
+    """The face whose landmarks' centre is nearest `point`; None if there are no faces."""
+    if not faces:
+        return None
+    return min(faces, key=lambda face: float(np.linalg.norm(face.landmark_array().mean(axis=0) - point)))
+
+
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
     """Indices of the boxes (x, y, w, h) kept by greedy NMS, highest score first."""
     order = np.argsort(-scores, kind="stable")

@@ -81,25 +81,21 @@ class LandmarkRefiner:
             return []
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         refined = list(detected)
-        refinable = [i for i, points in enumerate(detected) if _inter_ocular(points) >= MIN_INTER_OCULAR_PX]
+        refinable = [
+            i for i, points in enumerate(detected) if inter_ocular_distance(points) >= MIN_INTER_OCULAR_PX
+        ]
         if refinable:
-            passes = self._refine_passes(gray, [detected[i] for i in refinable])
+            passes = self._refine_passes(image, [detected[i] for i in refinable])
             for index, points in zip(refinable, passes, strict=True):
                 refined[index] = points
         return [points.astype(np.float32) for points in refined]
 
-    def _refine_passes(self, gray: np.ndarray, detected: list[np.ndarray]) -> list[np.ndarray]:
+    def _refine_passes(self, image: np.ndarray, detected: list[np.ndarray]) -> list[np.ndarray]:
         current = detected
         for _ in range(PASSES):
             matrices = [alignment_matrix(points) for points in current]
-            crops = np.stack(
-                [
-                    cv2.warpAffine(gray, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
-                    for matrix in matrices
-                ]
-            )
+            crops = np.stack([grey_aligned_crop(image, matrix) for matrix in matrices])
             (offsets,) = self._session.run(None, {self._input_name: network_input(crops)})
             in_crop = offsets.reshape(-1, 5, 2).astype(np.float64) * OFFSET_SCALE + ARCFACE_TEMPLATE
             refined = [_to_image(points, matrix) for points, matrix in zip(in_crop, matrices, strict=True)]
@@ -110,7 +106,8 @@ class LandmarkRefiner:
         return current
 
 
-def _inter_ocular(points: np.ndarray) -> float:
+def inter_ocular_distance(points: np.ndarray) -> float:
+    """Pixels between the two eyes of five YuNet-ordered landmarks."""
     return float(np.linalg.norm(points[1] - points[0]))
 
 
@@ -122,10 +119,17 @@ def _plausible(refined: np.ndarray, detected: np.ndarray) -> bool:
     further apart once refined) and lost 0.18 points of rank-1, so only what no face could be is refused."""
     if not np.isfinite(refined).all():
         return False
-    detected_eyes, refined_eyes = _inter_ocular(detected), _inter_ocular(refined)
+    detected_eyes, refined_eyes = inter_ocular_distance(detected), inter_ocular_distance(refined)
     if not detected_eyes / 3 <= refined_eyes <= 3 * detected_eyes:
         return False
     return float(np.linalg.norm(refined - detected, axis=1).max()) <= 1.5 * max(detected_eyes, refined_eyes)
+
+
+def grey_aligned_crop(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The aligned crop in grey, warped first and converted after, as the training data were (only the face
+    is converted, never the whole photo)."""
+    crop = cv2.warpAffine(image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
+    return crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
 
 
 def _to_image(crop_points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -37,12 +37,14 @@ import numpy as np
 
 from workers.pipeline.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE, alignment_matrix
 from workers.pipeline.config import DEFAULT_MODEL_DIR, YUNET_FILE, DetectionConfig
-from workers.pipeline.detection import DetectedFace, FaceDetector
+from workers.pipeline.detection import FaceDetector, nearest_face
 from workers.pipeline.landmark_refiner import (
     DEFAULT_WEIGHTS_PATH,
     INPUT_SIZE,
     MIRRORED_ORDER,
     OFFSET_SCALE,
+    grey_aligned_crop,
+    inter_ocular_distance,
     network_input,
 )
 from workers.pipeline.masks import MaskSynthesizer
@@ -61,12 +63,6 @@ def _start_worker(model_dir: Path) -> None:
     _worker["synthesizer"] = MaskSynthesizer()
 
 
-def _nearest(faces: list[DetectedFace], centre: np.ndarray) -> DetectedFace | None:
-    if not faces:
-        return None
-    return min(faces, key=lambda face: float(np.linalg.norm(face.landmark_array().mean(axis=0) - centre)))
-
-
 def _photo_samples(job: tuple[int, str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(grey masked crop aligned from YuNet's masked points, plain points in that crop) per drawn mask."""
     index, path, seed = job
@@ -83,24 +79,23 @@ def _photo_samples(job: tuple[int, str, int]) -> list[tuple[np.ndarray, np.ndarr
     canvas = cv2.warpAffine(
         photo, placement, (CANVAS_WIDTH, CANVAS_HEIGHT), flags=cv2.INTER_LINEAR, borderValue=(128, 128, 128)
     )
-    plain = _nearest(detector.detect(canvas), centre)
+    plain = nearest_face(detector.detect(canvas), centre)
     if plain is None:
         return []
     plain_points = plain.landmark_array()
-    inter_ocular = float(np.linalg.norm(plain_points[0] - plain_points[1]))
+    inter_ocular = inter_ocular_distance(plain_points)
     samples = []
     for _ in range(MASKS_PER_PHOTO):
         masked = _degraded(synthesizer.apply(canvas, plain_points, plain.bbox, rng=rng), rng)
-        found = _nearest(detector.detect(masked), plain_points.mean(axis=0))
+        found = nearest_face(detector.detect(masked), plain_points.mean(axis=0))
         if found is None:
             continue
         detected_points = found.landmark_array()
         if np.linalg.norm(detected_points.mean(axis=0) - plain_points.mean(axis=0)) > inter_ocular:
             continue  # another face
         matrix = alignment_matrix(detected_points)
-        crop = cv2.warpAffine(masked, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
         target = plain_points @ matrix[:, :2].T + matrix[:, 2]
-        samples.append((cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), target.astype(np.float32)))
+        samples.append((grey_aligned_crop(masked, matrix), target.astype(np.float32)))
     return samples
 
 

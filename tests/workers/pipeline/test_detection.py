@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from tests.workers.pipeline.conftest import draw_face, face_photo, require_shared_data
-from workers.pipeline.detection import FaceDetector, non_maximum_suppression
+from workers.pipeline.detection import (
+    BoundingBox,
+    DetectedFace,
+    FaceDetector,
+    nearest_face,
+    non_maximum_suppression,
+)
 from workers.pipeline.intake import decode_image
 
 
@@ -201,3 +207,15 @@ def test_lfw_faces_are_found_at_the_centre(detector):
             (f.bbox.x + f.bbox.width / 2, f.bbox.y + f.bbox.height / 2) for f in detector.detect(image)
         ]
         assert any(abs(x - 125) < 40 and abs(y - 125) < 40 for x, y in centres), path.name
+
+
+def test_nearest_face_is_the_one_whose_landmarks_centre_is_closest():
+    def face_at(x: float, y: float) -> DetectedFace:
+        points = tuple((x + dx, y + dy) for dx, dy in [(-10, -5), (10, -5), (0, 5), (-8, 15), (8, 15)])
+        return DetectedFace(BoundingBox(x - 20, y - 20, 40, 50), 0.9, points)
+
+    left, right = face_at(100, 100), face_at(300, 120)
+
+    assert nearest_face([left, right], np.array([260.0, 100.0])) is right
+    assert nearest_face([left, right], np.array([150.0, 90.0])) is left
+    assert nearest_face([], np.array([0.0, 0.0])) is None
