@@ -64,12 +64,15 @@ def scene_images(count: int) -> tuple[list[bytes], str]:
 
 
 def masked_scene_images(pipeline: FacePipeline, images: list[bytes]) -> list[bytes]:
-    """The same scenes, each face wearing a synthetic mask of a random type drawn at its landmarks."""
+    """The scenes with a face, their largest face wearing a synthetic mask drawn at its landmarks."""
     synthesizer = MaskSynthesizer()
     rng = np.random.default_rng(1)
     masked = []
     for image in images:
-        face = pipeline.analyze(image, purpose="identify", max_faces=1).faces[0]
+        faces = pipeline.analyze(image, purpose="identify", max_faces=1).faces
+        if not faces:
+            continue
+        face = faces[0]
         scene = np.array(Image.open(io.BytesIO(image)).convert("RGB"))[:, :, ::-1].copy()
         drawn = synthesizer.apply(scene, np.array(face.landmarks), face.bbox, rng=rng)
         buffer = io.BytesIO()

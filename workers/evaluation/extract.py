@@ -25,7 +25,6 @@ import numpy as np
 
 from workers.evaluation.cache import DEFAULT_CACHE_DIR, EmbeddingStore, FaceStore
 from workers.pipeline.enrollment_augmentation import AugmentationConfig, masked_variant_crops
-from workers.pipeline.landmark_refiner import PASSES
 from workers.pipeline.mask_classifier import DEFAULT_WEIGHTS_PATH
 from workers.pipeline.masks import MaskSynthesizer
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
@@ -33,6 +32,8 @@ from workers.training.datasets import read_bgr
 
 # Bump when the masking, alignment or face-choice code changes in a way that changes the crops.
 RECIPE_VERSION = "r2"
+# Bump when the landmark refiner's code changes what it returns (its weights are hashed separately).
+REFINED_RECIPE_VERSION = "f3"
 CHUNK_SIZE = 64
 MIN_MASKED_IOU = 0.3
 CROP_SHAPE = (112, 112, 3)
@@ -150,7 +151,9 @@ class Extractor:
             # Which faces are re-aligned depends on the mask classifier and on the embedding model it reads.
             refiner_hash = _file_hash(pipeline.landmark_refiner.model_path)
             classifier_hash = _file_hash(DEFAULT_WEIGHTS_PATH)[:8]
-            self.recipe += f"-refined{PASSES}-{refiner_hash}-{classifier_hash}-{pipeline.model_version}"
+            self.recipe += (
+                f"-refined-{REFINED_RECIPE_VERSION}-{refiner_hash}-{classifier_hash}-{pipeline.model_version}"
+            )
         self.model_version = pipeline.model_version
         self._faces: dict[str, FaceStore] = {}
         self._embeddings: dict[tuple[str, str], EmbeddingStore] = {}
