@@ -2,17 +2,22 @@
 
     .venv/bin/python -m workers.evaluation.landmarks [--photos 300] [--output var/landmarks.json]
 
-Two measurements, in inter-ocular distances (IOD) of the face, per landmark (right eye, left eye, nose
-tip, right and left mouth corner):
+Measurements in inter-ocular distances (IOD) of the face, per landmark (right eye, left eye, nose tip,
+right and left mouth corner):
 - error, on LFW test people (never trained on): a synthetic mask is drawn at the landmarks YuNet finds on
   the plain photo (placed on a 640x480 canvas, as the evaluation does), and the points found on the masked
   photo, by YuNet and after refinement, are compared with the plain photo's. For scale: YuNet on the same
-  plain photo re-encoded as JPEG (quality 70) or shifted by a few pixels.
-- mirror disagreement, on those masked photos and on the largest face of every real masked photo of RWMFD
-  (inter-ocular distance of at least 25 px): the points found on the photo against those found on its
-  mirror image, mapped back. No ground truth exists for real masks; a localiser that disagrees with itself
-  less is steadier, not necessarily right, so this says whether the refiner behaves on real masks as it
-  does on the synthetic ones.
+  plain photo re-encoded as JPEG (quality 70) or shifted by a few pixels. Measured twice: on the upright
+  canvas, and with the canvas turned by up to +-25 degrees (real photos have tilted heads; LFW-a's are
+  upright).
+- disagreement with itself, on those masked photos and on the largest face of every real masked photo of
+  RWMFD (inter-ocular distance of at least 25 px): the points found on the photo against those found on
+  its mirror image, and against those found on the photo turned (+-10 degrees), scaled (0.8-1.25) and
+  moved (+-8 px) about the face, mapped back. No ground truth exists for real masks; a localiser that
+  disagrees with itself less is steadier, not necessarily right, so this says whether the refiner behaves
+  on real masks as it does on the synthetic ones. The refiner averages each crop with its mirror image,
+  which helps it agree with its mirrored self, so the perturbation is the fairer of the two; its share of
+  faces moved by more than 0.2 IOD counts the refiner's outright failures.
 """
 
 from __future__ import annotations
@@ -64,6 +69,31 @@ class Localisers:
             for name in points
         }
 
+    def perturbation_disagreement(
+        self, image: np.ndarray, points: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        centre = points["yunet"].mean(axis=0)
+        angle = float(rng.uniform(-10.0, 10.0))
+        scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+        matrix[:, 2] += rng.uniform(-8.0, 8.0, 2)
+        size = (image.shape[1], image.shape[0])
+        moved = cv2.warpAffine(image, matrix, size, borderMode=cv2.BORDER_REPLICATE)
+        seen = self.both(moved, _moved(centre, matrix))
+        if seen is None:
+            return {}
+        back = cv2.invertAffineTransform(matrix)
+        inter_ocular = inter_ocular_distance(points["yunet"])
+        return {
+            name: np.linalg.norm(seen[name] @ back[:, :2].T + back[:, 2] - points[name], axis=1)
+            / inter_ocular
+            for name in points
+        }
+
+
+def _moved(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
 
 def _mirror(points: np.ndarray, width: int) -> np.ndarray:
     flipped = points.copy()
@@ -73,11 +103,20 @@ def _mirror(points: np.ndarray, width: int) -> np.ndarray:
 
 def _summary(rows: list[np.ndarray]) -> dict:
     values = np.stack(rows)
+    per_face = values.mean(axis=1)
     return {
         "faces": len(rows),
         "mean_per_point": values.mean(axis=0).round(4).tolist(),
         "mean": round(float(values.mean()), 4),
+        "median_face": round(float(np.median(per_face)), 4),
+        "faces_over_0.2": round(float((per_face > 0.2).mean()), 4),
     }
+
+
+def _turned(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    height, width = canvas.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), float(rng.uniform(-25.0, 25.0)), 1.0)
+    return cv2.warpAffine(canvas, matrix, (width, height), borderValue=(128, 128, 128))
 
 
 def measure(
@@ -88,27 +127,26 @@ def measure(
     rng = np.random.default_rng(0)
     test_photos = lfw_images("test", lfw_dir)
     chosen = test_photos[:: max(1, len(test_photos) // photos)][:photos]
-    errors: dict[str, list[np.ndarray]] = {"yunet": [], "refined": [], "yunet_plain_jpeg_or_shift": []}
+    errors: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
+    plain_noise: list[np.ndarray] = []
+    tilted_errors: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
     synthetic_mirror: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
     for photo in chosen:
         canvas = lfw_canvas(photo.path)
-        plain_face = localisers.nearest_face(canvas, np.array([320.0, 240.0]))
-        if plain_face is None:
+        found = _masked_points(localisers, synthesizer, canvas, rng, plain_noise)
+        if found is None:
             continue
-        plain = plain_face.landmark_array()
-        inter_ocular = inter_ocular_distance(plain)
-        again = _re_detected(localisers, canvas, plain, rng)
-        if again is not None:
-            errors["yunet_plain_jpeg_or_shift"].append(np.linalg.norm(again - plain, axis=1) / inter_ocular)
-        masked = synthesizer.apply(canvas, plain, plain_face.bbox, rng=rng)
-        found = localisers.both(masked, plain.mean(axis=0))
-        if found is None or np.linalg.norm(found["yunet"].mean(axis=0) - plain.mean(axis=0)) > inter_ocular:
-            continue
-        for name, points in found.items():
-            errors[name].append(np.linalg.norm(points - plain, axis=1) / inter_ocular)
-        for name, values in localisers.mirror_disagreement(masked, found).items():
+        masked, plain, points = found
+        for name, values in _errors(points, plain).items():
+            errors[name].append(values)
+        for name, values in localisers.mirror_disagreement(masked, points).items():
             synthetic_mirror[name].append(values)
+        tilted = _masked_points(localisers, synthesizer, _turned(canvas, rng), rng, None)
+        if tilted is not None:
+            for name, values in _errors(tilted[2], tilted[1]).items():
+                tilted_errors[name].append(values)
     real_mirror: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
+    real_perturbed: dict[str, list[np.ndarray]] = {"yunet": [], "refined": []}
     for path in rwmfd_images(rwmfd_dir)[:rwmfd_photos]:
         image = read_bgr(path)
         faces = localisers.detector.detect(image)
@@ -120,13 +158,54 @@ def measure(
         found = {"yunet": largest, "refined": localisers.refiner.refine(image, [largest])[0]}
         for name, values in localisers.mirror_disagreement(image, found).items():
             real_mirror[name].append(values)
+        for name, values in localisers.perturbation_disagreement(image, found, rng).items():
+            real_perturbed[name].append(values)
     return {
-        "error_against_plain_photo_iod": {name: _summary(rows) for name, rows in errors.items()},
+        "error_against_plain_photo_iod": {
+            **{name: _summary(rows) for name, rows in errors.items()},
+            "yunet_plain_jpeg_or_shift": _summary(plain_noise),
+        },
+        "error_against_plain_photo_iod_tilted_25": {
+            name: _summary(rows) for name, rows in tilted_errors.items()
+        },
         "mirror_disagreement_iod": {
             "lfw_synthetic_masks": {name: _summary(rows) for name, rows in synthetic_mirror.items()},
             "rwmfd_real_masks": {name: _summary(rows) for name, rows in real_mirror.items()},
         },
+        "perturbation_disagreement_iod": {
+            "rwmfd_real_masks": {name: _summary(rows) for name, rows in real_perturbed.items()}
+        },
     }
+
+
+def _masked_points(
+    localisers: Localisers,
+    synthesizer: MaskSynthesizer,
+    canvas: np.ndarray,
+    rng: np.random.Generator,
+    plain_noise: list[np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+    """(masked photo, plain photo's points, points found on the masked photo) for a mask drawn at the plain
+    photo's points; `plain_noise` also collects YuNet's own error on the plain photo re-encoded or shifted."""
+    plain_face = localisers.nearest_face(canvas, np.array([canvas.shape[1] / 2, canvas.shape[0] / 2]))
+    if plain_face is None:
+        return None
+    plain = plain_face.landmark_array()
+    inter_ocular = inter_ocular_distance(plain)
+    if plain_noise is not None:
+        again = _re_detected(localisers, canvas, plain, rng)
+        if again is not None:
+            plain_noise.append(np.linalg.norm(again - plain, axis=1) / inter_ocular)
+    masked = synthesizer.apply(canvas, plain, plain_face.bbox, rng=rng)
+    found = localisers.both(masked, plain.mean(axis=0))
+    if found is None or np.linalg.norm(found["yunet"].mean(axis=0) - plain.mean(axis=0)) > inter_ocular:
+        return None
+    return masked, plain, found
+
+
+def _errors(points: dict[str, np.ndarray], plain: np.ndarray) -> dict[str, np.ndarray]:
+    inter_ocular = inter_ocular_distance(plain)
+    return {name: np.linalg.norm(found - plain, axis=1) / inter_ocular for name, found in points.items()}
 
 
 def _re_detected(localisers: Localisers, canvas: np.ndarray, plain: np.ndarray, rng) -> np.ndarray | None:

@@ -51,6 +51,9 @@ from workers.pipeline.masks import MaskSynthesizer
 from workers.training.datasets import LFW_DIR, REPO_ROOT, Split, lfw_images, read_bgr
 
 DATA_DIR = REPO_ROOT / "var" / "landmark-refiner"
+# Names the prepared data's recipe (bump it with any change to `_photo_samples`), so that a changed recipe
+# never trains on samples prepared by the old one.
+DATA_RECIPE = "r1"
 MASKS_PER_PHOTO = 3
 CANVAS_WIDTH, CANVAS_HEIGHT = 640, 480
 
@@ -111,8 +114,8 @@ def _degraded(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def prepare(split: Split, *, seed: int, lfw_dir: Path, model_dir: Path, processes: int) -> Path:
-    """Write (or reuse) the split's samples to var/landmark-refiner/<split>-<seed>.npz."""
-    output = DATA_DIR / f"{split}-{seed}.npz"
+    """Write (or reuse) the split's samples to var/landmark-refiner/<split>-<seed>-<recipe>.npz."""
+    output = DATA_DIR / f"{split}-{seed}-{DATA_RECIPE}.npz"
     if output.exists():
         return output
     photos = lfw_images(split, lfw_dir)

@@ -5,7 +5,7 @@ from workers.evaluation.landmarks import measure
 from workers.pipeline.config import DEFAULT_MODEL_DIR
 
 
-def test_refined_points_are_nearer_the_plain_photos_and_every_set_is_measured():
+def test_refined_points_are_nearer_the_plain_photos_upright_and_tilted_and_every_set_is_measured():
     report = measure(
         photos=24,
         lfw_dir=require_shared_data("lfw_a"),
@@ -18,6 +18,12 @@ def test_refined_points_are_nearer_the_plain_photos_and_every_set_is_measured():
     assert errors["yunet"]["faces"] >= 18
     assert errors["refined"]["mean"] < errors["yunet"]["mean"]
     assert errors["yunet_plain_jpeg_or_shift"]["mean"] < errors["yunet"]["mean"]
+    tilted = report["error_against_plain_photo_iod_tilted_25"]
+    assert tilted["yunet"]["faces"] >= 18
+    assert tilted["refined"]["mean"] < tilted["yunet"]["mean"]
+    perturbed = report["perturbation_disagreement_iod"]["rwmfd_real_masks"]
+    assert perturbed["yunet"]["faces"] == perturbed["refined"]["faces"] > 0
+    assert 0 <= perturbed["refined"]["faces_over_0.2"] <= 1
     for data_set in ("lfw_synthetic_masks", "rwmfd_real_masks"):
         measured = report["mirror_disagreement_iod"][data_set]
         assert measured["yunet"]["faces"] == measured["refined"]["faces"] > 0
