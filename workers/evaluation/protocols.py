@@ -493,7 +493,7 @@ class Evaluation:
                 "faces": int(single.sum()),
             }
             result.extra["baseline"] = "one whole-image YuNet pass (no rescan, no tiles)"
-        result.rows["pipeline (YuNet, rescan + tiles)"] = {
+        result.rows["pipeline (YuNet, rescan + tiles + close-ups)"] = {
             "detection_rate": float((detected >= 1).mean()),
             "images": len(paths),
             "faces": int(np.clip(detected, 0, None).sum()),

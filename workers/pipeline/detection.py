@@ -13,7 +13,8 @@ ArcFace alignment template.
 Each image is resized to fit 640x640 (aspect ratio kept) and padded with zeros, right and bottom, only up to
 a multiple of the largest stride: the network is fully convolutional, so a 640x480 photo costs a 640x480
 input, as with OpenCV's FaceDetectorYN.setInputSize. Photos much larger than the input are additionally
-scanned as overlapping tiles so that small faces in large photos are found.
+scanned as overlapping tiles so that small faces in large photos are found, and a photo in which no face is
+found is searched again shrunk inside an empty border, for a face that fills the frame (a close-up).
 """
 
 import math
@@ -39,6 +40,12 @@ _MIN_TILE_MAGNIFICATION = 1.5
 # A tile detection reaching this close (in network pixels) to an edge shared with another tile is probably
 # a cut face; the neighbouring tile (or the whole-image pass) sees it whole.
 _TILE_EDGE_MARGIN = 4.0
+# A photo in which the whole-image passes find no face is searched again, shrunk so that its long side is
+# each of these fractions of the network input, framed in an empty border half its size: YuNet misses faces
+# that fill the frame, masked ones most. Masked LFW test faces cropped square, 2.5 inter-ocular distances
+# wide, at 600 px: found in 22 of 86 crops without these passes, in 86 with them (2 distances wide: 8 and
+# 85; 1.6 wide: 4 and 78).
+CLOSE_UP_FRACTIONS = (0.4, 0.25)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class DetectedFace:
 
 @dataclass(frozen=True)
 class _View:
-    """A region of the source image and the scale at which it is fed to the network."""
+    """A region of the source image, the scale at which it is fed to the network and the empty border
+    (network pixels on every side) it is framed in."""
 
     x0: int
     y0: int
@@ -76,6 +84,7 @@ class _View:
     y1: int
     scale: float
     is_tile: bool
+    border: int = 0
 
 
 class FaceDetector:
@@ -104,8 +113,15 @@ class FaceDetector:
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces in a BGR uint8 image, highest score first."""
         height, width = image.shape[:2]
+        faces = self._detect_in_views(image, self._plan_views(width, height))
+        if not faces:
+            faces = self._detect_in_views(image, self._close_up_views(width, height))
+        return faces
+
+    def _detect_in_views(self, image: np.ndarray, views: list[_View]) -> list[DetectedFace]:
+        height, width = image.shape[:2]
         boxes, scores, landmarks, keep_masks = [], [], [], []
-        for view in self._plan_views(width, height):
+        for view in views:
             view_boxes, view_scores, view_landmarks = self._detect_in_view(image, view)
             boxes.append(view_boxes)
             scores.append(view_scores)
@@ -141,6 +157,15 @@ class FaceDetector:
         )
         return views
 
+    @staticmethod
+    def _close_up_views(width: int, height: int) -> list[_View]:
+        views = []
+        for fraction in CLOSE_UP_FRACTIONS:
+            scale = fraction * MAX_INPUT_SIZE / max(width, height)
+            border = round(fraction * MAX_INPUT_SIZE / 2)
+            views.append(_View(0, 0, width, height, scale, is_tile=False, border=border))
+        return views
+
     def _detect_in_view(self, image: np.ndarray, view: _View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         region = image[view.y0 : view.y1, view.x0 : view.x1]
         region_height, region_width = region.shape[:2]
@@ -148,8 +173,11 @@ class FaceDetector:
         resized_height = max(1, min(MAX_INPUT_SIZE, round(region_height * view.scale)))
         interpolation = cv2.INTER_AREA if view.scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(region, (resized_width, resized_height), interpolation=interpolation)
-        canvas = np.zeros((_padded(resized_height), _padded(resized_width), 3), dtype=np.uint8)
-        canvas[:resized_height, :resized_width] = resized
+        border = view.border
+        canvas = np.zeros(
+            (_padded(resized_height + 2 * border), _padded(resized_width + 2 * border), 3), dtype=np.uint8
+        )
+        canvas[border : border + resized_height, border : border + resized_width] = resized
         blob = canvas.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
         outputs = dict(
             zip(
@@ -159,6 +187,8 @@ class FaceDetector:
             )
         )
         boxes, scores, landmarks = self._decode(outputs, canvas.shape[1], canvas.shape[0])
+        boxes[:, :2] -= border
+        landmarks = landmarks - border
         # Rounding made the exact per-axis scales differ slightly from view.scale.
         scale = np.array([resized_width / region_width, resized_height / region_height], dtype=np.float32)
         offset = np.array([view.x0, view.y0], dtype=np.float32)

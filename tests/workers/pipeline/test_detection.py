@@ -176,6 +176,58 @@ def test_a_face_in_overlapping_tiles_is_reported_once(detector):
     assert len(detector.detect(image)) == 1
 
 
+def test_a_face_filling_the_frame_is_found_by_the_close_up_passes(detector, network_inputs):
+    """A close-up too large for the whole-image pass is found once the photo is shrunk inside a border, and
+    its points are in the photo's own pixels."""
+    image = np.full((600, 600, 3), 200, np.uint8)
+    parts = draw_face(image, 300, 300, 300)
+
+    faces = detector.detect(image)
+
+    # The whole-image pass (640 px) finds nothing; the photo at 256 px in a 512 px frame, then at 160 px in a
+    # 320 px frame, is searched again.
+    assert network_inputs == [(1, 3, 640, 640), (1, 3, 512, 512), (1, 3, 320, 320)]
+    assert len(faces) == 1
+    # Within 15% of the face's size of the drawn eyes (a border left unsubtracted would put them ~300 px off).
+    assert np.hypot(*(faces[0].landmark_array()[0] - parts["image_left_eye"])) < 45
+    assert np.hypot(*(faces[0].landmark_array()[1] - parts["image_right_eye"])) < 45
+    box = faces[0].bbox
+    assert box.x < parts["image_left_eye"][0] < parts["image_right_eye"][0] < box.x + box.width
+
+
+def test_a_photo_with_a_face_gets_no_close_up_passes(detector, network_inputs):
+    assert len(detector.detect(face_photo())) == 1
+    assert network_inputs == [(1, 3, 480, 640)]
+
+
+@pytest.mark.shared_data
+def test_masked_close_ups_are_found(detector):
+    """Masked LFW test faces cropped square, 2.5 inter-ocular distances wide, at 600 px: the whole-image
+    pass alone finds about a quarter of them."""
+    from workers.pipeline.masks import MaskSynthesizer
+    from workers.training.datasets import lfw_images
+
+    photos = lfw_images("test", require_shared_data("lfw_a"))[::40][:40]
+    synthesizer = MaskSynthesizer(require_shared_data("mask_templates"))
+    rng = np.random.default_rng(0)
+    found = tried = 0
+    for photo in photos:
+        image = cv2.imread(str(photo.path))
+        faces = detector.detect(image)
+        if not faces:
+            continue
+        points = faces[0].landmark_array()
+        masked = synthesizer.apply(image, points, faces[0].bbox, rng=rng)
+        half = 1.25 * np.linalg.norm(points[1] - points[0])
+        x0, y0 = (np.maximum(points.mean(axis=0) - half, 0)).astype(int)
+        close_up = cv2.resize(masked[y0 : y0 + int(2 * half), x0 : x0 + int(2 * half)], (600, 600))
+        tried += 1
+        found += bool(detector.detect(close_up))
+
+    assert tried >= 30
+    assert found / tried >= 0.95
+
+
 def test_non_maximum_suppression_keeps_distinct_boxes_best_first():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 10, 10], [0, 0, 10, 10.5]], np.float32)
     scores = np.array([0.7, 0.9, 0.8, 0.6], np.float32)
