@@ -492,8 +492,10 @@ class Evaluation:
                 "images": len(paths),
                 "faces": int(single.sum()),
             }
-            result.extra["baseline"] = "one whole-image YuNet pass (no rescan, no tiles)"
-        result.rows["pipeline (YuNet, rescan + tiles + close-ups)"] = {
+            result.extra["baseline"] = (
+                "one whole-image YuNet pass (no rescan, tiles, close-ups or turned passes)"
+            )
+        result.rows["pipeline (YuNet, rescan + tiles + close-ups + turned)"] = {
             "detection_rate": float((detected >= 1).mean()),
             "images": len(paths),
             "faces": int(np.clip(detected, 0, None).sum()),
@@ -596,13 +598,19 @@ def _predict(classifier, extractor: Extractor, dataset: str, keys: list[str]) ->
 
 
 def _single_pass_detection(run: ModelRun, config: EvaluationConfig, paths: list[str]):
-    """faces found per RWMFD image by one whole-image YuNet pass (no rescan, no tiles), cached as .npz."""
+    """faces found per RWMFD image by one whole-image YuNet pass (no rescan, tiles, close-ups or turned
+    passes), cached as .npz."""
     from workers.pipeline import detection
     from workers.pipeline.intake import decode_image
 
-    names = ("_RESCAN_MIN_UPSCALE", "_MIN_TILE_MAGNIFICATION")
-    if not all(hasattr(detection, n) for n in names):
-        return "the detector's rescan/tile switches changed; the single-pass baseline was not measured"
+    switched_off = {
+        "_RESCAN_MIN_UPSCALE": float("inf"),
+        "_MIN_TILE_MAGNIFICATION": float("inf"),
+        "CLOSE_UP_FRACTIONS": (),
+        "TURNED_SEARCH_DEGREES": (),
+    }
+    if not all(hasattr(detection, n) for n in switched_off):
+        return "the detector's extra-pass switches changed; the single-pass baseline was not measured"
     cache = Path(config.cache_dir) / "detection-single-pass" / f"{run.extractor.recipe}.npz"
     known: dict[str, int] = {}
     if cache.is_file():
@@ -610,10 +618,10 @@ def _single_pass_detection(run: ModelRun, config: EvaluationConfig, paths: list[
             known = dict(zip([str(k) for k in data["paths"]], data["faces"].tolist(), strict=True))
     missing = [p for p in paths if p not in known]
     if missing:
-        saved = {n: getattr(detection, n) for n in names}
+        saved = {n: getattr(detection, n) for n in switched_off}
         try:
-            for n in names:
-                setattr(detection, n, float("inf"))
+            for n, value in switched_off.items():
+                setattr(detection, n, value)
             for path in missing:
                 image = decode_image((Path(config.rwmfd_dir) / "images" / path).read_bytes())
                 known[path] = len(run.pipeline.detector.detect(image))

@@ -7,6 +7,7 @@ import pytest
 
 from tests.workers.pipeline.conftest import draw_face, face_photo, require_shared_data
 from workers.pipeline.detection import (
+    TURNED_SEARCH_MIN_SCORE,
     BoundingBox,
     DetectedFace,
     FaceDetector,
@@ -198,6 +199,56 @@ def test_a_face_filling_the_frame_is_found_by_the_close_up_passes(detector, netw
 def test_a_photo_with_a_face_gets_no_close_up_passes(detector, network_inputs):
     assert len(detector.detect(face_photo())) == 1
     assert network_inputs == [(1, 3, 480, 640)]
+
+
+def test_a_face_tilted_past_what_yunet_finds_is_found_turned_with_points_in_the_photos_pixels(
+    detector, network_inputs
+):
+    image = np.full((480, 640, 3), 200, np.uint8)
+    parts = draw_face(image, 320, 240, 120)
+    tilt = cv2.getRotationMatrix2D((320, 240), 50, 1.0)
+    tilted = cv2.warpAffine(image, tilt, (640, 480), borderValue=(200, 200, 200))
+    eyes = np.array([parts["image_left_eye"], parts["image_right_eye"]], float) @ tilt[:, :2].T + tilt[:, 2]
+
+    faces = detector.detect(tilted)
+
+    # The whole-image pass and the two close-up passes find nothing; the photo turned by 40 degrees either way
+    # (on a canvas holding all of it, 799 x 780, fed at 640 x 625) is searched.
+    assert network_inputs == [
+        (1, 3, 480, 640),
+        (1, 3, 448, 512),
+        (1, 3, 288, 320),
+        (1, 3, 640, 640),
+        (1, 3, 640, 640),
+    ]
+    assert len(faces) == 1
+    assert faces[0].score >= TURNED_SEARCH_MIN_SCORE
+    np.testing.assert_allclose(faces[0].landmark_array()[:2], eyes, atol=20)
+
+
+@pytest.mark.shared_data
+def test_masked_faces_tilted_by_45_degrees_are_found(detector):
+    """Masked LFW test faces tilted by 45 degrees: the upright passes alone find about a fifth of them."""
+    from workers.evaluation.lfw import lfw_canvas
+    from workers.pipeline.masks import MaskSynthesizer
+    from workers.training.datasets import lfw_images
+
+    photos = lfw_images("test", require_shared_data("lfw_a"))[::40][:40]
+    synthesizer = MaskSynthesizer(require_shared_data("mask_templates"))
+    rng = np.random.default_rng(0)
+    found = tried = 0
+    for photo in photos:
+        canvas = lfw_canvas(photo.path)
+        faces = detector.detect(canvas)
+        if not faces:
+            continue
+        masked = synthesizer.apply(canvas, faces[0].landmark_array(), faces[0].bbox, rng=rng)
+        tilt = cv2.getRotationMatrix2D((320, 240), 45 if rng.random() < 0.5 else -45, 1.0)
+        tried += 1
+        found += bool(detector.detect(cv2.warpAffine(masked, tilt, (640, 480), borderValue=(128, 128, 128))))
+
+    assert tried >= 30
+    assert found / tried >= 0.9
 
 
 @pytest.mark.shared_data
