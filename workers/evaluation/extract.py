@@ -31,7 +31,7 @@ from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 from workers.training.datasets import read_bgr
 
 # Bump when the masking, alignment or face-choice code changes in a way that changes the crops.
-RECIPE_VERSION = "r4"
+RECIPE_VERSION = "r5"
 # Bump when the landmark refiner's code changes what it returns (its weights are hashed separately).
 REFINED_RECIPE_VERSION = "f3"
 CHUNK_SIZE = 64

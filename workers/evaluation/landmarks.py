@@ -64,6 +64,11 @@ class Localisers:
         if seen is None:
             return {}
         inter_ocular = inter_ocular_distance(points["yunet"])
+        if (
+            np.linalg.norm(_mirror(seen["yunet"], width).mean(axis=0) - points["yunet"].mean(axis=0))
+            > inter_ocular
+        ):
+            return {}  # another face of the photo
         return {
             name: np.linalg.norm(_mirror(seen[name], width) - points[name], axis=1) / inter_ocular
             for name in points
@@ -84,6 +89,8 @@ class Localisers:
             return {}
         back = cv2.invertAffineTransform(matrix)
         inter_ocular = inter_ocular_distance(points["yunet"])
+        if np.linalg.norm(_moved(seen["yunet"], back).mean(axis=0) - centre) > inter_ocular:
+            return {}  # another face of the photo
         return {
             name: np.linalg.norm(seen[name] @ back[:, :2].T + back[:, 2] - points[name], axis=1)
             / inter_ocular
@@ -102,6 +109,8 @@ def _mirror(points: np.ndarray, width: int) -> np.ndarray:
 
 
 def _summary(rows: list[np.ndarray]) -> dict:
+    if not rows:
+        return {"faces": 0}
     values = np.stack(rows)
     per_face = values.mean(axis=1)
     return {

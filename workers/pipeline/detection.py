@@ -48,9 +48,9 @@ _TILE_EDGE_MARGIN = 4.0
 CLOSE_UP_FRACTIONS = (0.4, 0.25)
 # Then it is searched turned by each of these angles: YuNet misses masked faces tilted by 45 degrees, which
 # identify accepts (roll up to 60). Masked LFW test faces tilted by 30, 45 and 60 degrees: 70, 16 and 11 of 86
-# found before, 85, 85 and 70 with the turned passes. Faces found turned need a higher score: on 1,090 patches
-# of RWMFD photos away from their faces, the turned passes found 27 more faces, mostly clothes and hands, of
-# which 2 scored 0.8 or more; of the real tilted faces, 80-99% do.
+# found before, 85, 85 and 70 with the turned passes. Faces found turned need a higher score: on 1,109 patches
+# of RWMFD photos away from their faces, the turned passes found 25 more faces, mostly clothes and hands, of
+# which 1 scored 0.8 or more; of the real tilted faces, 80-99% do.
 TURNED_SEARCH_DEGREES = (40.0, -40.0)
 TURNED_SEARCH_MIN_SCORE = 0.8
 
@@ -128,33 +128,40 @@ class FaceDetector:
         return faces
 
     def _detect_turned(self, image: np.ndarray) -> list[DetectedFace]:
-        """Faces found in the photo turned by each of TURNED_SEARCH_DEGREES, in the photo's own pixels."""
+        """Faces found in the photo turned by each of TURNED_SEARCH_DEGREES, in the photo's own pixels.
+
+        The photo is first shrunk to fit the network input and each turned copy gets one whole-image pass, so
+        that the search costs two passes whatever the photo's size or shape (a thin strip turned whole would
+        need a canvas as wide as the strip is long). A face keeps its detected size around its centre mapped
+        back: the hull of its turned box would be up to 1.4 times too wide."""
         height, width = image.shape[:2]
+        shrink = min(1.0, MAX_INPUT_SIZE / max(width, height))
+        small_width, small_height = max(1, round(width * shrink)), max(1, round(height * shrink))
+        small = cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
+        to_photo = np.array([width / small_width, height / small_height], np.float32)
         boxes, scores, landmarks = [], [], []
         for degrees in TURNED_SEARCH_DEGREES:
-            turned, back = _turned(image, degrees)
+            turned, back = _turned(small, degrees)
             turned_height, turned_width = turned.shape[:2]
-            for face in self._detect_in_views(turned, self._plan_views(turned_width, turned_height)):
-                if face.score < TURNED_SEARCH_MIN_SCORE:
+            scale = min(
+                MAX_INPUT_SIZE / turned_width, MAX_INPUT_SIZE / turned_height, self.config.max_upscale
+            )
+            view = _View(0, 0, turned_width, turned_height, scale, is_tile=False)
+            for face in self._detect_in_views(turned, [view]):
+                points = (face.landmark_array() @ back[:, :2].T + back[:, 2]) * to_photo
+                centre = points.mean(axis=0)
+                if face.score < TURNED_SEARCH_MIN_SCORE or not (
+                    0 <= centre[0] < width and 0 <= centre[1] < height
+                ):
                     continue
                 box = face.bbox
-                corners = (
-                    np.array(
-                        [
-                            [box.x, box.y],
-                            [box.x + box.width, box.y],
-                            [box.x, box.y + box.height],
-                            [box.x + box.width, box.y + box.height],
-                        ],
-                        np.float32,
-                    )
-                    @ back[:, :2].T
-                    + back[:, 2]
-                )
-                low, high = corners.min(axis=0), corners.max(axis=0)
-                boxes.append([*low, *(high - low)])
+                box_centre = (
+                    np.array([box.x + box.width / 2, box.y + box.height / 2]) @ back[:, :2].T
+                ) + back[:, 2]
+                size = np.array([box.width, box.height]) * to_photo
+                boxes.append([*(box_centre * to_photo - size / 2), *size])
                 scores.append(face.score)
-                landmarks.append(face.landmark_array() @ back[:, :2].T + back[:, 2])
+                landmarks.append(points)
         if not boxes:
             return []
         boxes_array = np.asarray(boxes, np.float32)
@@ -203,11 +210,10 @@ class FaceDetector:
         )
         return views
 
-    @staticmethod
-    def _close_up_views(width: int, height: int) -> list[_View]:
+    def _close_up_views(self, width: int, height: int) -> list[_View]:
         views = []
         for fraction in CLOSE_UP_FRACTIONS:
-            scale = fraction * MAX_INPUT_SIZE / max(width, height)
+            scale = min(fraction * MAX_INPUT_SIZE / max(width, height), self.config.max_upscale)
             border = round(fraction * MAX_INPUT_SIZE / 2)
             views.append(_View(0, 0, width, height, scale, is_tile=False, border=border))
         return views

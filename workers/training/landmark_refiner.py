@@ -51,9 +51,11 @@ from workers.pipeline.masks import MaskSynthesizer
 from workers.training.datasets import LFW_DIR, REPO_ROOT, Split, lfw_images, read_bgr
 
 DATA_DIR = REPO_ROOT / "var" / "landmark-refiner"
-# Names the prepared data's recipe (bump it with any change to `_photo_samples`), so that a changed recipe
-# never trains on samples prepared by the old one.
-DATA_RECIPE = "r1"
+# Names the prepared data's recipe (bump it with any change to `_photo_samples` or to what the detector
+# finds), so that a changed recipe never trains on samples prepared by the old one. "r2": the detector
+# searches photos without a face again (close-ups, turned), which adds samples YuNet missed before; the
+# committed weights were trained on "r1" samples.
+DATA_RECIPE = "r2"
 MASKS_PER_PHOTO = 3
 CANVAS_WIDTH, CANVAS_HEIGHT = 640, 480
 

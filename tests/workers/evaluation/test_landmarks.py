@@ -23,7 +23,10 @@ def test_refined_points_are_nearer_the_plain_photos_upright_and_tilted_and_every
     assert tilted["refined"]["mean"] < tilted["yunet"]["mean"]
     perturbed = report["perturbation_disagreement_iod"]["rwmfd_real_masks"]
     assert perturbed["yunet"]["faces"] == perturbed["refined"]["faces"] > 0
-    assert 0 <= perturbed["refined"]["faces_over_0.2"] <= 1
+    # The same face found again after a turn, scale and shift, its points mapped back: a few pixels off, not
+    # another face or a wrong mapping (all RWMFD: YuNet's median 0.11 IOD, the refiner's 0.05).
+    assert perturbed["refined"]["median_face"] < 0.15
+    assert perturbed["yunet"]["median_face"] < 0.25
     for data_set in ("lfw_synthetic_masks", "rwmfd_real_masks"):
         measured = report["mirror_disagreement_iod"][data_set]
         assert measured["yunet"]["faces"] == measured["refined"]["faces"] > 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.workers.pipeline.conftest import draw_face, face_photo, require_shared_data
+from workers.pipeline import detection
 from workers.pipeline.detection import (
     TURNED_SEARCH_MIN_SCORE,
     BoundingBox,
@@ -224,6 +225,28 @@ def test_a_face_tilted_past_what_yunet_finds_is_found_turned_with_points_in_the_
     assert len(faces) == 1
     assert faces[0].score >= TURNED_SEARCH_MIN_SCORE
     np.testing.assert_allclose(faces[0].landmark_array()[:2], eyes, atol=20)
+    # The box keeps the face's size (the hull of the turned box would be about 1.4 times wider).
+    (upright,) = detector.detect(image)
+    assert faces[0].bbox.width == pytest.approx(upright.bbox.width, rel=0.2)
+    assert faces[0].bbox.height == pytest.approx(upright.bbox.height, rel=0.2)
+
+
+def test_a_thin_strip_is_shrunk_before_it_is_turned(detector, network_inputs, monkeypatch):
+    """Turned whole, a 40,000 px strip would need a 30,000 x 26,000 px canvas per angle (2.4 GB)."""
+    turned_shapes = []
+    turn = detection._turned
+
+    def recording_turn(image, degrees):
+        turned, back = turn(image, degrees)
+        turned_shapes.append(turned.shape[:2])
+        return turned, back
+
+    monkeypatch.setattr(detection, "_turned", recording_turn)
+
+    assert detector.detect(np.full((1, 40_000, 3), 120, np.uint8)) == []
+    assert len(turned_shapes) == 2
+    assert max(max(shape) for shape in turned_shapes) <= 640
+    assert max(max(shape[2:]) for shape in network_inputs) <= 640
 
 
 @pytest.mark.shared_data
