@@ -13,8 +13,9 @@ ArcFace alignment template.
 Each image is resized to fit 640x640 (aspect ratio kept) and padded with zeros, right and bottom, only up to
 a multiple of the largest stride: the network is fully convolutional, so a 640x480 photo costs a 640x480
 input, as with OpenCV's FaceDetectorYN.setInputSize. Photos much larger than the input are additionally
-scanned as overlapping tiles so that small faces in large photos are found, and a photo in which no face is
-found is searched again shrunk inside an empty border, for a face that fills the frame (a close-up).
+scanned as overlapping tiles so that small faces in large photos are found. A photo in which no face is
+found is searched again shrunk inside an empty border, for a face that fills the frame (a close-up), and
+then turned by 40 degrees either way, for a tilted head.
 """
 
 import math
