@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from workers.evaluation.lfw import lfw_canvas
+from workers.pipeline.alignment import transformed
 from workers.pipeline.config import DEFAULT_MODEL_DIR, YUNET_FILE, DetectionConfig
 from workers.pipeline.detection import DetectedFace, FaceDetector, nearest_face
 from workers.pipeline.landmark_refiner import MIRRORED_ORDER, LandmarkRefiner, inter_ocular_distance
@@ -64,11 +65,8 @@ class Localisers:
         if seen is None:
             return {}
         inter_ocular = inter_ocular_distance(points["yunet"])
-        if (
-            np.linalg.norm(_mirror(seen["yunet"], width).mean(axis=0) - points["yunet"].mean(axis=0))
-            > inter_ocular
-        ):
-            return {}  # another face of the photo
+        if not _same_face(_mirror(seen["yunet"], width), points["yunet"]):
+            return {}
         return {
             name: np.linalg.norm(_mirror(seen[name], width) - points[name], axis=1) / inter_ocular
             for name in points
@@ -84,21 +82,23 @@ class Localisers:
         matrix[:, 2] += rng.uniform(-8.0, 8.0, 2)
         size = (image.shape[1], image.shape[0])
         moved = cv2.warpAffine(image, matrix, size, borderMode=cv2.BORDER_REPLICATE)
-        seen = self.both(moved, _moved(centre, matrix))
+        seen = self.both(moved, transformed(centre, matrix))
         if seen is None:
             return {}
         back = cv2.invertAffineTransform(matrix)
         inter_ocular = inter_ocular_distance(points["yunet"])
-        if np.linalg.norm(_moved(seen["yunet"], back).mean(axis=0) - centre) > inter_ocular:
-            return {}  # another face of the photo
+        if not _same_face(transformed(seen["yunet"], back), points["yunet"]):
+            return {}
         return {
-            name: np.linalg.norm(_moved(seen[name], back) - points[name], axis=1) / inter_ocular
+            name: np.linalg.norm(transformed(seen[name], back) - points[name], axis=1) / inter_ocular
             for name in points
         }
 
 
-def _moved(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    return points @ matrix[:, :2].T + matrix[:, 2]
+def _same_face(found: np.ndarray, reference: np.ndarray) -> bool:
+    """Whether points found again belong to the face of `reference`, not to another face of the photo."""
+    distance = np.linalg.norm(found.mean(axis=0) - reference.mean(axis=0))
+    return bool(distance <= inter_ocular_distance(reference))
 
 
 def _mirror(points: np.ndarray, width: int) -> np.ndarray:
@@ -121,7 +121,7 @@ def _summary(rows: list[np.ndarray]) -> dict:
     }
 
 
-def _turned(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _tilted(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     height, width = canvas.shape[:2]
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), float(rng.uniform(-25.0, 25.0)), 1.0)
     return cv2.warpAffine(canvas, matrix, (width, height), borderValue=(128, 128, 128))
@@ -149,7 +149,7 @@ def measure(
             errors[name].append(values)
         for name, values in localisers.mirror_disagreement(masked, points).items():
             synthetic_mirror[name].append(values)
-        tilted = _masked_points(localisers, synthesizer, _turned(canvas, rng), rng, None)
+        tilted = _masked_points(localisers, synthesizer, _tilted(canvas, rng), rng, None)
         if tilted is not None:
             for name, values in _errors(tilted[2], tilted[1]).items():
                 tilted_errors[name].append(values)
@@ -206,7 +206,7 @@ def _masked_points(
             plain_noise.append(np.linalg.norm(again - plain, axis=1) / inter_ocular)
     masked = synthesizer.apply(canvas, plain, plain_face.bbox, rng=rng)
     found = localisers.both(masked, plain.mean(axis=0))
-    if found is None or np.linalg.norm(found["yunet"].mean(axis=0) - plain.mean(axis=0)) > inter_ocular:
+    if found is None or not _same_face(found["yunet"], plain):
         return None
     return masked, plain, found
 

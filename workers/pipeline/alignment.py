@@ -44,6 +44,11 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, np.newaxis]])
 
 
+def transformed(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(..., 2) points mapped by a 2x3 affine matrix (as cv2.warpAffine maps pixels)."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
 def alignment_matrix(landmarks: np.ndarray, *, size: int = ALIGNED_SIZE) -> np.ndarray:
     """The 2x3 matrix taking source-image pixels to the `size` x `size` aligned crop."""
     return similarity_transform(landmarks, ARCFACE_TEMPLATE * (size / ALIGNED_SIZE))

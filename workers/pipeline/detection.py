@@ -25,6 +25,7 @@ from functools import cache
 import cv2
 import numpy as np
 
+from workers.pipeline.alignment import transformed
 from workers.pipeline.config import DetectionConfig
 from workers.pipeline.onnx_session import load_model
 
@@ -138,7 +139,9 @@ class FaceDetector:
         height, width = image.shape[:2]
         shrink = min(1.0, MAX_INPUT_SIZE / max(width, height))
         small_width, small_height = max(1, round(width * shrink)), max(1, round(height * shrink))
-        small = cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
+        small = image
+        if shrink < 1.0:
+            small = cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
         to_photo = np.array([width / small_width, height / small_height], np.float32)
         boxes, scores, landmarks = [], [], []
         for degrees in TURNED_SEARCH_DEGREES:
@@ -149,16 +152,14 @@ class FaceDetector:
             )
             view = _View(0, 0, turned_width, turned_height, scale, is_tile=False)
             for face in self._detect_in_views(turned, [view]):
-                points = (face.landmark_array() @ back[:, :2].T + back[:, 2]) * to_photo
+                points = transformed(face.landmark_array(), back) * to_photo
                 centre = points.mean(axis=0)
                 if face.score < TURNED_SEARCH_MIN_SCORE or not (
                     0 <= centre[0] < width and 0 <= centre[1] < height
                 ):
                     continue
                 box = face.bbox
-                box_centre = (
-                    np.array([box.x + box.width / 2, box.y + box.height / 2]) @ back[:, :2].T
-                ) + back[:, 2]
+                box_centre = transformed(np.array([box.x + box.width / 2, box.y + box.height / 2]), back)
                 size = np.array([box.width, box.height]) * to_photo
                 boxes.append([*(box_centre * to_photo - size / 2), *size])
                 scores.append(face.score)

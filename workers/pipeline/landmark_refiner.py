@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workers.pipeline.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE, alignment_matrix
+from workers.pipeline.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE, alignment_matrix, transformed
 from workers.pipeline.errors import ModelUnavailable
 from workers.pipeline.onnx_session import load_model
 
@@ -133,5 +133,4 @@ def grey_aligned_crop(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def _to_image(crop_points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    inverse = cv2.invertAffineTransform(matrix)
-    return crop_points @ inverse[:, :2].T + inverse[:, 2]
+    return transformed(crop_points, cv2.invertAffineTransform(matrix))

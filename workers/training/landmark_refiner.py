@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workers.pipeline.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE, alignment_matrix
+from workers.pipeline.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE, alignment_matrix, transformed
 from workers.pipeline.config import DEFAULT_MODEL_DIR, YUNET_FILE, DetectionConfig
 from workers.pipeline.detection import FaceDetector, nearest_face
 from workers.pipeline.landmark_refiner import (
@@ -99,7 +99,7 @@ def _photo_samples(job: tuple[int, str, int]) -> list[tuple[np.ndarray, np.ndarr
         if np.linalg.norm(detected_points.mean(axis=0) - plain_points.mean(axis=0)) > inter_ocular:
             continue  # another face
         matrix = alignment_matrix(detected_points)
-        target = plain_points @ matrix[:, :2].T + matrix[:, 2]
+        target = transformed(plain_points, matrix)
         samples.append((grey_aligned_crop(masked, matrix), target.astype(np.float32)))
     return samples
 

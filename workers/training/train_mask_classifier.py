@@ -48,7 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workers.pipeline.alignment import ALIGNED_SIZE, align_face, alignment_matrix
+from workers.pipeline.alignment import ALIGNED_SIZE, align_face, alignment_matrix, transformed
 from workers.pipeline.config import DetectionConfig, QualityConfig, embedding_config
 from workers.pipeline.detection import BoundingBox, DetectedFace, FaceDetector
 from workers.pipeline.embedding import FaceEmbedder
@@ -183,7 +183,7 @@ def training_pair(
         noisy = landmarks + rng.normal(0, config.landmark_noise * inter_ocular, landmarks.shape)
         matrix = alignment_matrix(noisy)
         crop = cv2.warpAffine(image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
-        crop_landmarks = landmarks @ matrix[:, :2].T + matrix[:, 2]
+        crop_landmarks = transformed(landmarks, matrix)
         if rng.random() < 0.5:
             crop = np.ascontiguousarray(crop[:, ::-1])
             crop_landmarks = crop_landmarks[MIRRORED_LANDMARK_ORDER]

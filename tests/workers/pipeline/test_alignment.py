@@ -12,6 +12,7 @@ from workers.pipeline.alignment import (
     align_faces,
     alignment_matrix,
     similarity_transform,
+    transformed,
 )
 from workers.pipeline.detection import FaceDetector
 
@@ -105,3 +106,12 @@ def test_crop_matches_opencv_face_recognizer_alignment(pipeline_config):
     crop = align_face(photo, face.landmark_array())
 
     assert np.abs(crop.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_points_are_transformed_as_opencv_maps_them():
+    matrix = cv2.getRotationMatrix2D((40.0, 30.0), 25.0, 1.3)
+    points = np.array([[0.0, 0.0], [12.5, 7.0], [80.0, 60.0]])
+
+    expected = cv2.transform(points[np.newaxis], matrix)[0]
+
+    np.testing.assert_allclose(transformed(points, matrix), expected, atol=1e-9)
