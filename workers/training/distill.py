@@ -22,6 +22,8 @@ Method (the issue's recipe, sized for a CPU):
   conv_14: 1.6M weights; conv_8 to conv_14: 2.9M).
 - Masks: MaskTheFace templates warped onto the aligned crop with random tint, scale and shift
   (MaskSynthesizer.apply_aligned); `--mask-variants` masked versions per image, one drawn per epoch.
+  `--masks-on-photo` draws them on the photo instead and aligns the masked photo again as the service does
+  (YuNet, then the landmark refiner): MaskedViews.
 - Loss: (1 - cos(student(masked), teacher(plain))) + plain_weight * (1 - cos(student(plain), teacher(plain))).
 - Per epoch: the mean losses and a held-out check on val people (never trained on): cosine of the
   student's masked and plain embeddings to SFace's plain one, and masked rank-1 among them.
@@ -32,7 +34,8 @@ Method (the issue's recipe, sized for a CPU):
   production detector and aligner produce): pairs.txt accuracy on the pairs whose people are all outside
   the training split (10-fold, pairs.txt's own folds), masked rank-1 (gallery: first photo of each test
   person with 2+ photos; probes: their other photos with a mask drawn on the full photo, seed EVAL_SEED,
-  then detected and aligned again), TAR at FAR 1e-3 of masked probe vs unmasked gallery pairs, and McNemar
+  then detected and aligned again, with `--refine-probes` from the landmark refiner's points as the service
+  aligns them), TAR at FAR 1e-3 of masked probe vs unmasked gallery pairs, and McNemar
   tests of the student's rank-1 hits against each other model's. Written to var/distill/eval-report.json;
   docs/distillation.md has the numbers.
 """
@@ -62,6 +65,7 @@ from workers.pipeline.config import (
 from workers.pipeline.detection import FaceDetector
 from workers.pipeline.embedding import FaceEmbedder
 from workers.pipeline.intake import decode_image
+from workers.pipeline.landmark_refiner import LandmarkRefiner
 from workers.pipeline.student import STUDENTS_BY_NAME
 from workers.training.datasets import LFW_DIR, lfw_images, split_of
 
@@ -109,6 +113,16 @@ class Models:
         self.teacher = FaceEmbedder.from_config(
             EmbeddingConfig(model_path=model_dir / SFACE_FILE), intra_op_threads=threads
         )
+        self.refiner = LandmarkRefiner(intra_op_threads=threads)
+        self.refiner_version = hashlib.sha256(self.refiner.model_path.read_bytes()).hexdigest()[:12]
+
+    def realigned_crop(self, masked_image: np.ndarray) -> np.ndarray | None:
+        """The aligned crop of the masked photo's central face the way the service makes it: YuNet's points,
+        moved by the landmark refiner (every synthetic mask is called masked); None when YuNet finds none."""
+        face = self.central_face(masked_image)
+        if face is None:
+            return None
+        return align_face(masked_image, self.refiner.refine(masked_image, [face.landmark_array()])[0])
 
     def central_face(self, image: np.ndarray):
         """The detection nearest the image centre (LFW photos are centred on the labelled person), or None."""
@@ -300,10 +314,43 @@ def _stem_model(teacher_path: Path, stem_output: str):
     return model
 
 
+class MaskedViews:
+    """Masked versions of a FaceSet's crops; the mask of image p, variant v, comes from
+    Generator([seed, v, hash(p)]), whatever the order.
+
+    on_photo=False: the mask is drawn on the aligned crop (MaskSynthesizer.apply_aligned), at exactly the
+    plain face's place. on_photo=True: it is drawn on the photo at the plain face's landmarks and box, and the
+    masked photo is detected and aligned again the way the service does (YuNet, then the landmark refiner), so
+    the student learns from the crops it will be given, misplaced points included; where YuNet finds no face
+    in the masked photo, the masked photo is aligned at the plain face's points.
+    """
+
+    def __init__(self, masks, *, on_photo: bool, models: Models, lfw_dir: Path) -> None:
+        self.masks = masks
+        self.on_photo = on_photo
+        self.models = models
+        self.lfw_dir = lfw_dir
+        self.version = f"{_masks_version()}-photo-{models.refiner_version}" if on_photo else _masks_version()
+
+    def crops(self, faces: FaceSet, rows: slice, *, seed: int, variant: int) -> np.ndarray:
+        masked = []
+        for row in range(*rows.indices(len(faces.paths))):
+            path = faces.paths[row]
+            rng = np.random.default_rng([seed, variant, _path_key(path)])
+            if not self.on_photo:
+                masked.append(self.masks.apply_aligned(faces.crops[row], rng=rng))
+                continue
+            photo = decode_image((self.lfw_dir / "lfw" / path).read_bytes())
+            masked_photo = self.masks.apply(photo, faces.landmarks[row], tuple(faces.bboxes[row]), rng=rng)
+            crop = self.models.realigned_crop(masked_photo)
+            masked.append(crop if crop is not None else align_face(masked_photo, faces.landmarks[row]))
+        return np.stack(masked)
+
+
 class StemRunner:
     """Runs the frozen stem with onnxruntime and caches its fp16 outputs under var/distill/."""
 
-    def __init__(self, teacher_path: Path, stem_output: str, threads: int, masks) -> None:
+    def __init__(self, teacher_path: Path, stem_output: str, threads: int, masked_views: MaskedViews) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -317,14 +364,13 @@ class StemRunner:
         )
         self.teacher_sha256 = hashlib.sha256(teacher_path.read_bytes()).hexdigest()
         self.stem_output = stem_output
-        self.masks = masks
+        self.masked_views = masked_views
 
     def features(self, faces: FaceSet, *, masked_seed: int | None, variant: int = 0) -> np.ndarray:
-        """(N, C, H, W) float16 stem outputs of the plain crops, or of masked crops if `masked_seed` is set
-        (the mask of image p, variant v, comes from Generator([seed, v, hash(p)]), whatever the order)."""
+        """(N, C, H, W) float16 stem outputs of the plain crops, or of the masked views if `masked_seed`."""
         parts = [self.teacher_sha256, self.stem_output, faces.paths.tolist(), masked_seed, variant]
         if masked_seed is not None:
-            parts.append(_masks_version())
+            parts.append(self.masked_views.version)
         key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
         cache_file = CACHE_DIR / f"stem-{key}.npy"
         if cache_file.exists():
@@ -332,16 +378,11 @@ class StemRunner:
         started = time.perf_counter()
         outputs = []
         for first in range(0, len(faces.paths), EMBED_BATCH):
-            crops = faces.crops[first : first + EMBED_BATCH]
-            if masked_seed is not None:
-                crops = np.stack(
-                    [
-                        self.masks.apply_aligned(
-                            crop, rng=np.random.default_rng([masked_seed, variant, _path_key(path)])
-                        )
-                        for crop, path in zip(crops, faces.paths[first : first + EMBED_BATCH], strict=True)
-                    ]
-                )
+            rows = slice(first, first + EMBED_BATCH)
+            if masked_seed is None:
+                crops = faces.crops[rows]
+            else:
+                crops = self.masked_views.crops(faces, rows, seed=masked_seed, variant=variant)
             (stem,) = self.session.run([self.stem_output], {"data": _to_tensor(crops)})
             outputs.append(stem.astype(np.float16))
         result = np.concatenate(outputs)
@@ -478,7 +519,7 @@ class Monitor:
         return result
 
 
-def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
+def train(args, models: Models, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     """Distil, write the fp16 delta to `args.output` and build the student ONNX; returns the ONNX path."""
     import torch
     import torch.nn.functional as F
@@ -494,8 +535,10 @@ def train(args, train_faces: FaceSet, monitor_faces: FaceSet) -> Path:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     teacher_path = args.model_dir / SFACE_FILE
-    masks = MaskSynthesizer(args.templates_dir)
-    stems = StemRunner(teacher_path, args.student.frozen_through, args.threads, masks)
+    masked_views = MaskedViews(
+        MaskSynthesizer(args.templates_dir), on_photo=args.masks_on_photo, models=models, lfw_dir=args.lfw_dir
+    )
+    stems = StemRunner(teacher_path, args.student.frozen_through, args.threads, masked_views)
 
     started = time.perf_counter()
     plain = stems.features(train_faces, masked_seed=None)
@@ -649,12 +692,14 @@ def _best_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def masked_probe_crops(
-    test: FaceSet, probe_rows: np.ndarray, lfw_dir: Path, models: Models, masks
+    test: FaceSet, probe_rows: np.ndarray, lfw_dir: Path, models: Models, masks, *, refine: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masked probes as production would see them: a mask drawn on the full photo (from its YuNet landmarks
-    and box), then the masked photo detected and aligned again. Returns (crops, detected)."""
+    and box), then the masked photo detected and aligned again (from YuNet's points, or with `refine` from
+    the landmark refiner's, as the service does). Returns (crops, detected)."""
     paths = test.paths[probe_rows].tolist()
-    key = hashlib.sha256(json.dumps([paths, EVAL_SEED, _masks_version()]).encode()).hexdigest()[:16]
+    parts = [paths, EVAL_SEED, _masks_version()] + ([models.refiner_version] if refine else [])
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     cache_file = CACHE_DIR / f"eval-masked-{key}.npz"
     if cache_file.exists():
         cached = np.load(cache_file)
@@ -670,9 +715,13 @@ def masked_probe_crops(
             tuple(test.bboxes[row]),
             rng=np.random.default_rng([EVAL_SEED, _path_key(path)]),
         )
-        face = models.central_face(masked)
-        if face is not None:
-            crops[i] = align_face(masked, face.landmark_array())
+        if refine:
+            crop = models.realigned_crop(masked)
+        else:
+            face = models.central_face(masked)
+            crop = None if face is None else align_face(masked, face.landmark_array())
+        if crop is not None:
+            crops[i] = crop
             detected[i] = True
     np.savez(cache_file, crops=crops, detected=detected)
     print(
@@ -688,7 +737,9 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
 
     masks = MaskSynthesizer(args.templates_dir)
     gallery_rows, probe_rows = _gallery_and_probes(test.identities)
-    probe_crops, detected = masked_probe_crops(test, probe_rows, args.lfw_dir, models, masks)
+    probe_crops, detected = masked_probe_crops(
+        test, probe_rows, args.lfw_dir, models, masks, refine=args.refine_probes
+    )
     distractor_rows = np.setdiff1d(np.arange(len(test.paths)), np.concatenate([gallery_rows, probe_rows]))
     pairs = held_out_pairs(args.lfw_dir)
 
@@ -711,6 +762,7 @@ def evaluate(args, models: Models, test: FaceSet, val: FaceSet, student_path: Pa
         "held_out_pairs": len(pairs),
         "held_out_pairs_genuine": sum(p[2] for p in pairs),
         "mirror_averaged": args.flip,
+        "probes_refined": args.refine_probes,
         "models": {},
     }
     hits: dict[str, dict[str, np.ndarray]] = {"masked_rank1": {}, "masked_rank1_with_distractors": {}}
@@ -816,6 +868,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plain-weight", type=float, default=1.0)
     parser.add_argument("--monitor", type=int, default=400, help="val images in the per-epoch held-out check")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--masks-on-photo",
+        action="store_true",
+        help="draw the training masks on the photo and align the masked photo again as the service does "
+        "(YuNet + landmark refiner), instead of drawing them on the aligned crop",
+    )
+    parser.add_argument(
+        "--refine-probes",
+        action="store_true",
+        help="align the masked test probes from the landmark refiner's points, as the service does",
+    )
     parser.add_argument("--prepare-only", action="store_true", help="only detect, align and teacher-embed")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the student's built model")
     parser.add_argument("--no-evaluate", action="store_true")
@@ -850,7 +913,7 @@ def main(argv: list[str] | None = None) -> None:
         monitor_rows = np.flatnonzero(
             np.isin(val.identities, [k for k, v in Counter(val.identities.tolist()).items() if v >= 2])
         )
-        student_path = train(args, faces["train"], val.subset(monitor_rows[: args.monitor]))
+        student_path = train(args, models, faces["train"], val.subset(monitor_rows[: args.monitor]))
     if not args.no_evaluate:
         evaluate(args, models, faces["test"], faces["val"], student_path)
 
