@@ -35,9 +35,9 @@ Method (the issue's recipe, sized for a CPU):
   the training split (10-fold, pairs.txt's own folds), masked rank-1 (gallery: first photo of each test
   person with 2+ photos; probes: their other photos with a mask drawn on the full photo, seed EVAL_SEED,
   then detected and aligned again, with `--refine-probes` from the landmark refiner's points as the service
-  aligns them), TAR at FAR 1e-3 of masked probe vs unmasked gallery pairs, and McNemar
-  tests of the student's rank-1 hits against each other model's. Written to var/distill/eval-report.json;
-  docs/distillation.md has the numbers.
+  aligns the masked faces of student-v2-flip), TAR at FAR 1e-3 of masked probe vs unmasked gallery pairs,
+  and McNemar tests of the student's rank-1 hits against each other model's. Written to
+  var/distill/eval-report.json; docs/distillation.md has the numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.pipeline import landmark_refiner
 from workers.pipeline.alignment import align_face
 from workers.pipeline.config import (
     DEFAULT_MODEL_DIR,
@@ -104,7 +105,7 @@ class FaceSet:
 
 
 class Models:
-    """The production detector and teacher embedder, created once."""
+    """The production detector, teacher embedder and landmark refiner, created once."""
 
     def __init__(self, model_dir: Path, threads: int) -> None:
         self.detector = FaceDetector(
@@ -114,7 +115,11 @@ class Models:
             EmbeddingConfig(model_path=model_dir / SFACE_FILE), intra_op_threads=threads
         )
         self.refiner = LandmarkRefiner(intra_op_threads=threads)
-        self.refiner_version = hashlib.sha256(self.refiner.model_path.read_bytes()).hexdigest()[:12]
+        # Cached refined crops are redrawn when the refiner's weights or its code change.
+        refiner_source = Path(landmark_refiner.__file__).read_bytes()
+        self.refiner_version = hashlib.sha256(
+            self.refiner.model_path.read_bytes() + refiner_source
+        ).hexdigest()[:12]
 
     def realigned_crop(self, masked_image: np.ndarray) -> np.ndarray | None:
         """The aligned crop of the masked photo's central face the way the service makes it: YuNet's points,
@@ -877,7 +882,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--refine-probes",
         action="store_true",
-        help="align the masked test probes from the landmark refiner's points, as the service does",
+        help="align every masked test probe from the landmark refiner's points, for every model evaluated "
+        "(the service does so for the models in REFINED_LANDMARK_MODELS, on faces called masked)",
     )
     parser.add_argument("--prepare-only", action="store_true", help="only detect, align and teacher-embed")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the student's built model")
