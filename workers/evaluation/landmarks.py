@@ -64,13 +64,7 @@ class Localisers:
         seen = self.both(mirrored, _mirror(points["yunet"], width).mean(axis=0))
         if seen is None:
             return {}
-        inter_ocular = inter_ocular_distance(points["yunet"])
-        if not _same_face(_mirror(seen["yunet"], width), points["yunet"]):
-            return {}
-        return {
-            name: np.linalg.norm(_mirror(seen[name], width) - points[name], axis=1) / inter_ocular
-            for name in points
-        }
+        return _disagreement({name: _mirror(found, width) for name, found in seen.items()}, points)
 
     def perturbation_disagreement(
         self, image: np.ndarray, points: dict[str, np.ndarray], rng: np.random.Generator
@@ -86,13 +80,16 @@ class Localisers:
         if seen is None:
             return {}
         back = cv2.invertAffineTransform(matrix)
-        inter_ocular = inter_ocular_distance(points["yunet"])
-        if not _same_face(transformed(seen["yunet"], back), points["yunet"]):
-            return {}
-        return {
-            name: np.linalg.norm(transformed(seen[name], back) - points[name], axis=1) / inter_ocular
-            for name in points
-        }
+        return _disagreement({name: transformed(found, back) for name, found in seen.items()}, points)
+
+
+def _disagreement(found_again: dict[str, np.ndarray], points: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per localiser, how far the points found again (mapped back into the photo) lie from `points`, in the
+    face's inter-ocular distances; nothing when what was found again is another face."""
+    if not _same_face(found_again["yunet"], points["yunet"]):
+        return {}
+    inter_ocular = inter_ocular_distance(points["yunet"])
+    return {name: np.linalg.norm(found_again[name] - points[name], axis=1) / inter_ocular for name in points}
 
 
 def _same_face(found: np.ndarray, reference: np.ndarray) -> bool:

@@ -121,13 +121,15 @@ class Models:
             self.refiner.model_path.read_bytes() + refiner_source
         ).hexdigest()[:12]
 
-    def realigned_crop(self, masked_image: np.ndarray) -> np.ndarray | None:
-        """The aligned crop of the masked photo's central face the way the service makes it: YuNet's points,
-        moved by the landmark refiner (every synthetic mask is called masked); None when YuNet finds none."""
+    def realigned_crop(self, masked_image: np.ndarray, *, refine: bool) -> np.ndarray | None:
+        """The aligned crop of the masked photo's central face from YuNet's points, with `refine` moved by the
+        landmark refiner as the service does (every synthetic mask is called masked); None when YuNet finds
+        no face."""
         face = self.central_face(masked_image)
         if face is None:
             return None
-        return align_face(masked_image, self.refiner.refine(masked_image, [face.landmark_array()])[0])
+        points = face.landmark_array()
+        return align_face(masked_image, self.refiner.refine(masked_image, [points])[0] if refine else points)
 
     def central_face(self, image: np.ndarray):
         """The detection nearest the image centre (LFW photos are centred on the labelled person), or None."""
@@ -347,7 +349,7 @@ class MaskedViews:
                 continue
             photo = decode_image((self.lfw_dir / "lfw" / path).read_bytes())
             masked_photo = self.masks.apply(photo, faces.landmarks[row], tuple(faces.bboxes[row]), rng=rng)
-            crop = self.models.realigned_crop(masked_photo)
+            crop = self.models.realigned_crop(masked_photo, refine=True)
             masked.append(crop if crop is not None else align_face(masked_photo, faces.landmarks[row]))
         return np.stack(masked)
 
@@ -720,11 +722,7 @@ def masked_probe_crops(
             tuple(test.bboxes[row]),
             rng=np.random.default_rng([EVAL_SEED, _path_key(path)]),
         )
-        if refine:
-            crop = models.realigned_crop(masked)
-        else:
-            face = models.central_face(masked)
-            crop = None if face is None else align_face(masked, face.landmark_array())
+        crop = models.realigned_crop(masked, refine=refine)
         if crop is not None:
             crops[i] = crop
             detected[i] = True
