@@ -184,6 +184,7 @@ def seed_gallery(*, tenant, gallery, data: SyntheticGallery, batch: int = 30_000
     from django.db.models import F
     from django.utils import timezone
 
+    from identity import quantised_scan
     from identity.models import Face, FaceTemplate, Gallery, Subject
     from tenants.rls import tenant_transaction
 
@@ -205,10 +206,7 @@ def seed_gallery(*, tenant, gallery, data: SyntheticGallery, batch: int = 30_000
                 "created_at": "timestamptz",
                 "updated_at": "timestamptz",
             },
-            (
-                (sid, tenant.id, gallery.id, f"seed-{index}", "", "{}", now, now)
-                for index, sid in enumerate(subject_ids)
-            ),
+            ((sid, tenant.id, gallery.id, f"seed-{sid.hex}", "", "{}", now, now) for sid in subject_ids),
         )
         # What identity.services.create_subject keeps for each subject it adds.
         Gallery.objects.filter(id=gallery.id, tenant=tenant).update(
@@ -222,6 +220,7 @@ def seed_gallery(*, tenant, gallery, data: SyntheticGallery, batch: int = 30_000
         new_faces = range(int(data.face[start]), int(data.face[stop - 1]) + 1)
         texts = vector_texts(data.embeddings[start:stop])
         with tenant_transaction(tenant.id):
+            quantised_scan.hold_off_codes(gallery_id=gallery.id)
             _insert(
                 Face._meta.db_table,
                 {

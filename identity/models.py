@@ -104,7 +104,8 @@ class FaceTemplate(models.Model):
     model_version = models.CharField(max_length=100)
 
     class Meta:
-        indexes = [models.Index(fields=["gallery", "model_version"])]
+        # (gallery, id): the templates added to a gallery since its codes were made (identity.quantised_scan).
+        indexes = [models.Index(fields=["gallery", "model_version"]), models.Index(fields=["gallery", "id"])]
 
     def __str__(self) -> str:
         return f"{self.kind} template of face {self.face_id}"

@@ -4,8 +4,11 @@ A single HNSW index over every tenant's templates, filtered afterwards by galler
 wrong lists (the filter runs after the approximate scan). So small galleries are searched exactly (a
 sequential scan of the gallery's rows through its b-tree index), and a gallery that grows past
 `ANN_MIN_TEMPLATES` gets its own partial HNSW index (`WHERE gallery_id = '<id>'`), searched with iterative
-scans so that any remaining filter (model version during a re-embed) cannot shorten the list.
-Recall against exact search is measured by bench/search.py (docs/performance.md).
+scans so that any remaining filter (model version during a re-embed) cannot shorten the list. Once a
+process holds the 8-bit codes of such a gallery (identity.quantised_scan), it scans them all instead, and
+PostgreSQL scores the best of them exactly, with every template added since: HNSW's recall falls as a gallery
+grows, the scan's does not. Recall against exact search is measured by bench/search.py
+(docs/performance.md).
 """
 
 import uuid
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import connection, transaction
 
+from identity import quantised_scan
 from identity.models import FaceTemplate, Gallery
 
 ANN_MIN_TEMPLATES = 20_000
@@ -68,7 +72,15 @@ def nearest_templates(
     Runs inside the caller's tenant transaction; the explicit tenant filter duplicates what row-level
     security enforces, so that a policy mistake can never widen a search.
     """
-    rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, explain=False)
+    codes = (
+        quantised_scan.codes_for(tenant_id=tenant_id, gallery=gallery)
+        if gallery.ann_index_name and subject_id is None
+        else None
+    )
+    if codes is None:
+        rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, explain=False)
+    else:
+        rows = _rescored_rows(tenant_id, gallery, embedding, limit, codes)
     hits = [
         TemplateHit(subject_id=row[0], face_id=row[1], kind=row[2], similarity=float(row[3])) for row in rows
     ]
@@ -119,6 +131,44 @@ def _nearest_rows(
     ):
         cursor.execute(("EXPLAIN " if explain else "") + sql, params)
         return cursor.fetchall()
+
+
+def _rescored_rows(
+    tenant_id, gallery: Gallery, embedding: np.ndarray, limit: int, codes: quantised_scan.GalleryCodes
+) -> list[tuple]:
+    """The nearest-templates rows among the codes' candidates and the templates added since the codes."""
+    candidates = codes.candidates(embedding, quantised_scan.CANDIDATE_FACTOR * limit)
+    scope = "gallery_id = %(gallery_id)s AND tenant_id = %(tenant_id)s AND model_version = %(model_version)s"
+    sql = f"""
+        WITH scored AS (
+            SELECT subject_id, face_id, kind, embedding <=> %(probe)s::vector AS distance, false AS added
+            FROM {_TABLE} WHERE id = ANY(%(candidates)s::bigint[]) AND {scope}
+            UNION ALL
+            SELECT subject_id, face_id, kind, embedding <=> %(probe)s::vector, true
+            FROM {_TABLE} WHERE id > %(through_id)s AND {scope}
+        )
+        SELECT subject_id, face_id, kind, 1 - distance,
+               count(*) FILTER (WHERE added) OVER (), count(*) FILTER (WHERE NOT added) OVER ()
+        FROM scored ORDER BY distance LIMIT %(limit)s
+    """
+    params = {
+        "probe": _vector_literal(embedding),
+        "candidates": candidates.tolist(),
+        "through_id": codes.through_id,
+        "gallery_id": gallery.id,
+        "tenant_id": tenant_id,
+        "model_version": gallery.model_version,
+        "limit": limit,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    added, live_candidates = (rows[0][4], rows[0][5]) if rows else (0, 0)
+    if codes.needs_remaking(added=added, live_candidates=live_candidates, wanted=limit):
+        quantised_scan.remake_in_background(
+            tenant_id=tenant_id, gallery_id=gallery.id, model_version=gallery.model_version
+        )
+    return [row[:4] for row in rows]
 
 
 @contextmanager

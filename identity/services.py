@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from identity import search, selectors, webhooks
+from identity import quantised_scan, search, selectors, webhooks
 from identity.face_pipeline import get_face_pipeline, pipeline_for_model_version
 from identity.matching import Candidate, default_threshold, rank_subjects
 from identity.models import (
@@ -527,6 +527,7 @@ def _face_templates(
 
 
 def _store_templates(*, face: Face, template_sets: list[TemplateSet]) -> None:
+    quantised_scan.hold_off_codes(gallery_id=face.gallery_id)
     FaceTemplate.objects.bulk_create(
         FaceTemplate(
             tenant_id=face.tenant_id,

@@ -9,7 +9,7 @@ from django.test import Client
 
 from tenants.actors import Actor
 from tenants.models import Plan, Tenant
-from tenants.rls import operator_transaction
+from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import create_tenant_with_api_key
 
 ALL_SCOPES = ["read", "enroll", "identify", "manage"]
@@ -98,6 +98,23 @@ def tenant_api(db) -> TenantApi:
 @pytest.fixture
 def other_tenant_api(db) -> TenantApi:
     return make_tenant_api("Globex")
+
+
+def seeded_gallery(*, templates: int, seed: int):
+    """(tenant, gallery, bench.seed.SyntheticGallery): a new tenant's gallery of `templates` realistic
+    synthetic templates, written as the search benchmark writes them."""
+    import numpy as np
+
+    from bench.seed import seed_gallery, synthetic_gallery
+    from identity import services
+    from tests.tenants.factories import make_tenant
+
+    tenant = make_tenant()
+    with tenant_transaction(tenant.id):
+        gallery = services.create_gallery(tenant=tenant, actor=Actor.system("tests"), name=f"seeded-{seed}")
+    data = synthetic_gallery(templates, rng=np.random.default_rng(seed))
+    seed_gallery(tenant=tenant, gallery=gallery, data=data)
+    return tenant, gallery, data
 
 
 def bucket_keys(prefix: str) -> list[str]:

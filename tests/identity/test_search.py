@@ -5,33 +5,21 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from bench.seed import as_stored, seed_gallery, synthetic_gallery
-from identity import search, selectors, services
+from bench.seed import as_stored
+from identity import search, selectors
 from identity.models import Gallery, Subject
-from tenants.actors import Actor
 from tenants.rls import tenant_transaction
-from tests.tenants.factories import make_tenant
+from tests.identity.conftest import seeded_gallery
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-OPERATOR = Actor.system("tests")
-
-
-def _seeded_gallery(*, templates: int, seed: int):
-    tenant = make_tenant()
-    with tenant_transaction(tenant.id):
-        gallery = services.create_gallery(tenant=tenant, actor=OPERATOR, name=f"seeded-{seed}")
-    data = synthetic_gallery(templates, rng=np.random.default_rng(seed))
-    seed_gallery(tenant=tenant, gallery=gallery, data=data)
-    return tenant, gallery, data
 
 
 @pytest.fixture
 def indexed_beside_a_larger_tenant():
     """A gallery of 1,500 templates with its HNSW index, in a table where another tenant's gallery holds
     ten times as many rows (the planner then expects few rows of the small gallery)."""
-    tenant, gallery, data = _seeded_gallery(templates=1_500, seed=1)
-    _seeded_gallery(templates=15_000, seed=2)
+    tenant, gallery, data = seeded_gallery(templates=1_500, seed=1)
+    seeded_gallery(templates=15_000, seed=2)
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {search._TABLE}")
     name = search.build_ann_index(gallery_id=gallery.id)
@@ -77,8 +65,9 @@ def test_one_subjects_templates_are_found_through_the_btree_not_the_hnsw_index(
 
 
 def test_the_index_returns_what_exact_search_returns_and_only_the_gallerys_rows(
-    indexed_beside_a_larger_tenant,
+    indexed_beside_a_larger_tenant, settings
 ):
+    settings.VISOR_SCAN_CACHE_MB = 0  # HNSW alone (tests/identity/test_quantised_scan.py: the scan)
     tenant, gallery, data = indexed_beside_a_larger_tenant
     stored = as_stored(data.embeddings)
     with tenant_transaction(tenant.id):
