@@ -13,11 +13,12 @@ is found at once, and another tenant's rows cannot be, whatever this cache holds
 Each process keeps the codes of the galleries it searched, least recently used first out, within
 VISOR_SCAN_CACHE_MB (0 turns the scan off). A gallery's codes are made in a background thread the first time
 it is searched (its HNSW index answers until then) and made again once too many templates were added or
-removed since.
+removed since. Making them streams the templates in chunks: the process needs little more than the codes.
 """
 
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -40,7 +41,16 @@ CANDIDATE_FACTOR = 2
 # Codes are made again when this many templates were added since (each search scores all of them exactly).
 REMAKE_AFTER_ADDED = 5_000
 REMAKE_AFTER_ADDED_SHARE = 0.02
+# A gallery whose codes could not be made or kept (too large, pushed out by others, an error) is searched
+# through HNSW alone for this long before its codes are tried again, rather than reloaded on every search.
+RETRY_AFTER_SECONDS = 300
+# Templates read per query while making codes: the stream of one chunk is the only float copy held.
 LOAD_CHUNK = 50_000
+# The first chunk fixes each dimension's step; later templates further from the mean are clipped, which
+# only costs them rank among the candidates (the re-ranking is exact).
+SPREAD_MARGIN = 1.25
+BYTES_PER_TEMPLATE = EMBEDDING_DIMENSIONS + 8 + 4  # code, template id, code offset
+BACKGROUND_THREAD_PREFIX = "gallery-codes-"
 
 _TABLE = FaceTemplate._meta.db_table
 # vector_send's wire format: int16 dimensions, int16 unused, then big-endian float32 values.
@@ -68,8 +78,8 @@ class GalleryCodes:
     through_id: int
 
     @property
-    def key(self) -> tuple[uuid.UUID, uuid.UUID, str]:
-        return (self.tenant_id, self.gallery_id, self.model_version)
+    def key(self) -> tuple[uuid.UUID, uuid.UUID]:
+        return (self.tenant_id, self.gallery_id)
 
     @property
     def nbytes(self) -> int:
@@ -105,37 +115,34 @@ class GalleryCodes:
 def coded(
     *, tenant_id, gallery_id, model_version: str, template_ids: np.ndarray, embeddings: np.ndarray, through_id
 ) -> GalleryCodes:
-    """The codes of `embeddings` (N, D), unit rows."""
-    mean = embeddings.mean(axis=0, dtype=np.float64).astype(np.float32) if len(embeddings) else None
-    if mean is None:
-        mean = np.zeros(EMBEDDING_DIMENSIONS, dtype=np.float32)
-    centred = embeddings - mean
-    spread = np.abs(centred).max(axis=0) if len(embeddings) else np.ones(EMBEDDING_DIMENSIONS)
-    step = (np.maximum(spread, 1e-6) / 127).astype(np.float32)
-    codes = np.ascontiguousarray(np.rint(centred / step).clip(-127, 127).astype(np.int8).T)
-    return GalleryCodes(
-        tenant_id=uuid.UUID(str(tenant_id)),
-        gallery_id=uuid.UUID(str(gallery_id)),
+    """The codes of `embeddings` (N, D), unit rows, coded on their own spread."""
+    mean, step = _coding(embeddings)
+    return _gallery_codes(
+        tenant_id=tenant_id,
+        gallery_id=gallery_id,
         model_version=model_version,
         template_ids=np.asarray(template_ids, dtype=np.int64),
-        codes=codes,
-        code_offsets=(codes.sum(axis=0, dtype=np.int32) * 128).astype(np.int32),
+        codes=np.ascontiguousarray(_encoded(embeddings, mean, step).T),
         mean=mean,
         step=step,
-        through_id=int(through_id),
+        through_id=through_id,
     )
 
 
 def hold_off_codes(*, gallery_id) -> None:
     """Called by every transaction that adds templates to a gallery, before it adds them: until it ends, no
     codes of the gallery can be made, so the codes' `through_id` never passes a template not yet committed."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("templates must be added in a transaction that holds off the gallery's codes")
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_advisory_key(gallery_id)])
 
 
-def make(*, tenant_id, gallery_id, model_version: str) -> GalleryCodes:
-    """The gallery's codes, made now from its templates, and kept for its searches in this process."""
-    gallery_id = uuid.UUID(str(gallery_id))
+def make(*, tenant_id, gallery_id, model_version: str) -> GalleryCodes | None:
+    """The gallery's codes, made now from its templates and kept for its searches in this process; None when
+    they would not fit in VISOR_SCAN_CACHE_MB."""
+    tenant_id, gallery_id = uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery_id))
+    scope = "tenant_id = %s AND gallery_id = %s AND model_version = %s"
     with tenant_transaction(tenant_id), connection.cursor() as cursor:
         # Waits for the transactions adding templates to this gallery: every template with an id up to the
         # largest now is committed, and a later one gets a larger id from the sequence.
@@ -148,81 +155,152 @@ def make(*, tenant_id, gallery_id, model_version: str) -> GalleryCodes:
             ],
         )
         through_id = cursor.fetchone()[0] or 0
-    ids, embeddings = [], []
-    after = 0
-    while True:
-        # One short transaction per chunk: a template deleted meanwhile only costs a candidate slot.
+    with tenant_transaction(tenant_id), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {_TABLE} WHERE {scope} AND id <= %s",
+            [tenant_id, gallery_id, model_version, through_id],
+        )
+        count = cursor.fetchone()[0]
+    if count * BYTES_PER_TEMPLATE > _budget_bytes():
+        logger.warning(
+            "gallery %s: the codes of %d templates exceed VISOR_SCAN_CACHE_MB; HNSW alone searches it",
+            gallery_id,
+            count,
+        )
+        _cache.hold_back((tenant_id, gallery_id))
+        return None
+    template_ids = np.empty(count, dtype=np.int64)
+    codes = np.empty((EMBEDDING_DIMENSIONS, count), dtype=np.int8)
+    mean = step = None
+    filled = 0
+    while filled < count:
+        # One short transaction per chunk; templates can only have been deleted since the count.
         with tenant_transaction(tenant_id), connection.cursor() as cursor:
             cursor.execute(
                 f"""
-                SELECT id, vector_send(embedding) FROM {_TABLE}
-                WHERE tenant_id = %s AND gallery_id = %s AND model_version = %s AND id > %s AND id <= %s
-                ORDER BY id LIMIT %s
+                SELECT string_agg(int8send(id), ''::bytea ORDER BY id),
+                       string_agg(vector_send(embedding), ''::bytea ORDER BY id)
+                FROM (
+                    SELECT id, embedding FROM {_TABLE} WHERE {scope} AND id > %s AND id <= %s
+                    ORDER BY id LIMIT %s
+                ) AS chunk
                 """,
-                [tenant_id, gallery_id, model_version, after, through_id, LOAD_CHUNK],
+                [
+                    tenant_id,
+                    gallery_id,
+                    model_version,
+                    template_ids[filled - 1] if filled else 0,
+                    through_id,
+                    LOAD_CHUNK,
+                ],
             )
-            rows = cursor.fetchall()
-        if not rows:
+            id_bytes, vector_bytes = cursor.fetchone()
+        if id_bytes is None:
             break
-        ids.append(np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)))
-        values = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=">f4")
-        embeddings.append(values.reshape(len(rows), -1)[:, _VECTOR_HEADER_FLOATS:].astype(np.float32))
-        after = int(ids[-1][-1])
-    codes = coded(
+        chunk_ids = np.frombuffer(id_bytes, dtype=">i8")
+        chunk = np.frombuffer(vector_bytes, dtype=">f4").reshape(len(chunk_ids), -1)
+        chunk = chunk[:, _VECTOR_HEADER_FLOATS:].astype(np.float32)
+        if mean is None:
+            mean, step = _coding(chunk, margin=SPREAD_MARGIN)
+        template_ids[filled : filled + len(chunk_ids)] = chunk_ids
+        codes[:, filled : filled + len(chunk_ids)] = _encoded(chunk, mean, step).T
+        filled += len(chunk_ids)
+    if mean is None:
+        mean, step = _coding(np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32))
+    made = _gallery_codes(
         tenant_id=tenant_id,
         gallery_id=gallery_id,
         model_version=model_version,
-        template_ids=np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64),
-        embeddings=np.concatenate(embeddings)
-        if embeddings
-        else np.zeros((0, EMBEDDING_DIMENSIONS), np.float32),
+        template_ids=template_ids[:filled],
+        codes=np.ascontiguousarray(codes[:, :filled]),
+        mean=mean,
+        step=step,
         through_id=through_id,
     )
-    keep(codes)
-    return codes
+    keep(made)
+    return made
 
 
 def codes_for(*, tenant_id, gallery) -> GalleryCodes | None:
-    """The gallery's codes if this process holds them; if not, they are made in the background.
+    """The gallery's codes if this process holds them for its model; if not, they are made in the background.
     VISOR_SCAN_CACHE_MB = 0 turns the scan off: large galleries are then searched through HNSW alone."""
-    if settings.VISOR_SCAN_CACHE_MB <= 0:
+    if _budget_bytes() <= 0:
         return None
-    key = (uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery.id)), gallery.model_version)
-    codes = _cache.get(key)
-    if codes is None:
-        remake_in_background(tenant_id=key[0], gallery_id=key[1], model_version=key[2])
+    codes = held(tenant_id=tenant_id, gallery_id=gallery.id)
+    if codes is None or codes.model_version != gallery.model_version:
+        remake_in_background(tenant_id=tenant_id, gallery_id=gallery.id, model_version=gallery.model_version)
+        return None
     return codes
 
 
+def held(*, tenant_id, gallery_id) -> GalleryCodes | None:
+    """The codes this process holds for the gallery, of whatever model."""
+    return _cache.get((uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery_id))))
+
+
 def remake_in_background(*, tenant_id, gallery_id, model_version: str) -> None:
-    key = (uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery_id)), model_version)
+    key = (uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery_id)))
     if not _cache.start_making(key):
         return
     threading.Thread(
-        target=_make_in_thread, kwargs={"key": key}, name=f"gallery-codes-{key[1]}", daemon=True
+        target=_make_in_thread,
+        kwargs={"tenant_id": key[0], "gallery_id": key[1], "model_version": model_version},
+        name=f"{BACKGROUND_THREAD_PREFIX}{key[1]}",
+        daemon=True,
     ).start()
 
 
 def keep(codes: GalleryCodes) -> None:
     """Hold `codes` for their gallery's searches in this process, in place of any it held."""
-    _cache.keep(codes)
+    _cache.keep(codes, budget=_budget_bytes())
 
 
 def forget_all() -> None:
-    """Drop every gallery's codes held by this process."""
+    """Drop every gallery's codes held by this process, and every wait before making them again."""
     _cache.clear()
 
 
-def _make_in_thread(*, key) -> None:
-    tenant_id, gallery_id, model_version = key
+def _make_in_thread(*, tenant_id, gallery_id, model_version) -> None:
     try:
         make(tenant_id=tenant_id, gallery_id=gallery_id, model_version=model_version)
     except Exception:
-        # The gallery's HNSW index goes on answering; the next search tries again.
         logger.exception("making the codes of gallery %s failed", gallery_id)
+        _cache.hold_back((tenant_id, gallery_id))
     finally:
-        _cache.done_making(key)
+        _cache.done_making((tenant_id, gallery_id))
         connection.close()
+
+
+def _budget_bytes() -> int:
+    return settings.VISOR_SCAN_CACHE_MB * 1024 * 1024
+
+
+def _coding(sample: np.ndarray, *, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, step) coding every dimension of `sample` (N, D) in 127 steps either side of its mean."""
+    if not len(sample):
+        return np.zeros(EMBEDDING_DIMENSIONS, np.float32), np.full(EMBEDDING_DIMENSIONS, 1 / 127, np.float32)
+    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+    spread = np.abs(sample - mean).max(axis=0) * margin
+    return mean, (np.maximum(spread, 1e-6) / 127).astype(np.float32)
+
+
+def _encoded(embeddings: np.ndarray, mean: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """(N, D) int8 codes."""
+    return np.rint((embeddings - mean) / step).clip(-127, 127).astype(np.int8)
+
+
+def _gallery_codes(*, tenant_id, gallery_id, model_version, template_ids, codes, mean, step, through_id):
+    return GalleryCodes(
+        tenant_id=uuid.UUID(str(tenant_id)),
+        gallery_id=uuid.UUID(str(gallery_id)),
+        model_version=model_version,
+        template_ids=template_ids,
+        codes=codes,
+        code_offsets=codes.sum(axis=0, dtype=np.int32) * 128,
+        mean=mean,
+        step=step,
+        through_id=int(through_id),
+    )
 
 
 def _advisory_key(gallery_id) -> int:
@@ -234,6 +312,7 @@ class _CodesCache:
         self._lock = threading.Lock()
         self._codes: OrderedDict[tuple, GalleryCodes] = OrderedDict()
         self._making: set[tuple] = set()
+        self._not_before: dict[tuple, float] = {}
 
     def get(self, key) -> GalleryCodes | None:
         with self._lock:
@@ -242,27 +321,27 @@ class _CodesCache:
                 self._codes.move_to_end(key)
             return codes
 
-    def keep(self, codes: GalleryCodes) -> None:
-        budget = settings.VISOR_SCAN_CACHE_MB * 1024 * 1024
+    def keep(self, codes: GalleryCodes, *, budget: int) -> None:
         with self._lock:
             self._codes.pop(codes.key, None)
             if codes.nbytes > budget:
-                logger.warning(
-                    "gallery %s: codes of %d templates exceed VISOR_SCAN_CACHE_MB; HNSW alone searches it",
-                    codes.gallery_id,
-                    len(codes.template_ids),
-                )
+                self._not_before[codes.key] = time.monotonic() + RETRY_AFTER_SECONDS
                 return
             while self._codes and sum(kept.nbytes for kept in self._codes.values()) + codes.nbytes > budget:
-                self._codes.popitem(last=False)
+                evicted, _ = self._codes.popitem(last=False)
+                self._not_before[evicted] = time.monotonic() + RETRY_AFTER_SECONDS
             self._codes[codes.key] = codes
 
     def start_making(self, key) -> bool:
         with self._lock:
-            if key in self._making:
+            if key in self._making or self._not_before.get(key, 0) > time.monotonic():
                 return False
             self._making.add(key)
             return True
+
+    def hold_back(self, key) -> None:
+        with self._lock:
+            self._not_before[key] = time.monotonic() + RETRY_AFTER_SECONDS
 
     def done_making(self, key) -> None:
         with self._lock:
@@ -271,6 +350,7 @@ class _CodesCache:
     def clear(self) -> None:
         with self._lock:
             self._codes.clear()
+            self._not_before.clear()
 
 
 _cache = _CodesCache()

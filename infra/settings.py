@@ -194,8 +194,8 @@ CELERY_TIMEZONE = "UTC"
 VISOR_MODEL_DIR = Path(os.environ.get("VISOR_MODEL_DIR", BASE_DIR / "var" / "models"))
 VISOR_ONNX_THREADS = env_int("VISOR_ONNX_THREADS", 2)
 # Memory each API process may give to the 8-bit codes of large galleries (identity.quantised_scan): 1,000,000
-# templates take 136 MB.
-VISOR_SCAN_CACHE_MB = env_int("VISOR_SCAN_CACHE_MB", 1024)
+# templates take 140 MB.
+VISOR_SCAN_CACHE_MB = env_int("VISOR_SCAN_CACHE_MB", 512)
 # "student-v2-flip" (the mask-robust embedding fine-tuned from conv_8 on, with mirror averaging,
 # docs/distillation.md), "student-flip", "student" or "sface"; galleries keep the model their templates were
 # made with until `manage.py reembed` moves them over.
