@@ -217,6 +217,7 @@ def make(*, tenant_id, gallery_id, model_version: str) -> GalleryCodes | None:
         step=step,
         through_id=through_id,
     )
+    _scan_session()  # created here, in the background, rather than by the first search that uses the codes
     keep(made)
     return made
 
