@@ -268,6 +268,10 @@ def main() -> None:
         codes = quantised_scan.make(
             tenant_id=tenant.id, gallery_id=gallery.id, model_version=gallery.model_version
         )
+        if codes is None:
+            raise SystemExit(
+                "the gallery's codes do not fit in VISOR_SCAN_CACHE_MB: raise it, or --search hnsw"
+            )
         codes_facts = {
             "codes_seconds": round(time.perf_counter() - began, 1),
             "codes_bytes": codes.nbytes,

@@ -44,7 +44,13 @@ REMAKE_AFTER_ADDED_SHARE = 0.02
 # A gallery whose codes could not be made or kept (too large, pushed out by others, an error) is searched
 # through HNSW alone for this long before its codes are tried again, rather than reloaded on every search.
 RETRY_AFTER_SECONDS = 300
-# Templates read per query while making codes: the stream of one chunk is the only float copy held.
+# Codes just made are not made again sooner than this, however fast templates arrive meanwhile: every API
+# process reads the whole gallery to make them.
+REMAKE_AT_MOST_EVERY_SECONDS = 60
+# Making codes waits at most this long for the transactions adding templates to the gallery (and holds
+# new ones back while it waits).
+HOLD_OFF_WAIT = "5s"
+# Templates read per query while making codes: the gallery's floats are never all in memory at once.
 LOAD_CHUNK = 50_000
 # The first chunk fixes each dimension's step; later templates further from the mean are clipped, which
 # only costs them rank among the candidates (the re-ranking is exact).
@@ -116,16 +122,14 @@ def coded(
     *, tenant_id, gallery_id, model_version: str, template_ids: np.ndarray, embeddings: np.ndarray, through_id
 ) -> GalleryCodes:
     """The codes of `embeddings` (N, D), unit rows, coded on their own spread."""
-    mean, step = _coding(embeddings)
-    return _gallery_codes(
+    return _assembled(
         tenant_id=tenant_id,
         gallery_id=gallery_id,
         model_version=model_version,
-        template_ids=np.asarray(template_ids, dtype=np.int64),
-        codes=np.ascontiguousarray(_encoded(embeddings, mean, step).T),
-        mean=mean,
-        step=step,
+        chunks=[(np.asarray(template_ids, dtype=np.int64), embeddings)],
+        count=len(template_ids),
         through_id=through_id,
+        margin=1.0,
     )
 
 
@@ -140,82 +144,41 @@ def hold_off_codes(*, gallery_id) -> None:
 
 def make(*, tenant_id, gallery_id, model_version: str) -> GalleryCodes | None:
     """The gallery's codes, made now from its templates and kept for its searches in this process; None when
-    they would not fit in VISOR_SCAN_CACHE_MB."""
+    they would not fit in VISOR_SCAN_CACHE_MB (the gallery is then searched through HNSW alone)."""
     tenant_id, gallery_id = uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery_id))
-    scope = "tenant_id = %s AND gallery_id = %s AND model_version = %s"
     with tenant_transaction(tenant_id), connection.cursor() as cursor:
         # Waits for the transactions adding templates to this gallery: every template with an id up to the
         # largest now is committed, and a later one gets a larger id from the sequence.
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [HOLD_OFF_WAIT])
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_advisory_key(gallery_id)])
         cursor.execute(
-            f"SELECT max(id) FROM {_TABLE} WHERE tenant_id = %s AND gallery_id = %s",
-            [
-                tenant_id,
-                gallery_id,
-            ],
+            f"SELECT max(id) FROM {_TABLE} WHERE tenant_id = %s AND gallery_id = %s", [tenant_id, gallery_id]
         )
         through_id = cursor.fetchone()[0] or 0
     with tenant_transaction(tenant_id), connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT count(*) FROM {_TABLE} WHERE {scope} AND id <= %s",
+            f"SELECT count(*) FROM {_TABLE} "
+            "WHERE tenant_id = %s AND gallery_id = %s AND model_version = %s AND id <= %s",
             [tenant_id, gallery_id, model_version, through_id],
         )
         count = cursor.fetchone()[0]
+    key = (tenant_id, gallery_id)
     if count * BYTES_PER_TEMPLATE > _budget_bytes():
         logger.warning(
             "gallery %s: the codes of %d templates exceed VISOR_SCAN_CACHE_MB; HNSW alone searches it",
             gallery_id,
             count,
         )
-        _cache.hold_back((tenant_id, gallery_id))
+        _cache.drop(key)
         return None
-    template_ids = np.empty(count, dtype=np.int64)
-    codes = np.empty((EMBEDDING_DIMENSIONS, count), dtype=np.int8)
-    mean = step = None
-    filled = 0
-    while filled < count:
-        # One short transaction per chunk; templates can only have been deleted since the count.
-        with tenant_transaction(tenant_id), connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                SELECT string_agg(int8send(id), ''::bytea ORDER BY id),
-                       string_agg(vector_send(embedding), ''::bytea ORDER BY id)
-                FROM (
-                    SELECT id, embedding FROM {_TABLE} WHERE {scope} AND id > %s AND id <= %s
-                    ORDER BY id LIMIT %s
-                ) AS chunk
-                """,
-                [
-                    tenant_id,
-                    gallery_id,
-                    model_version,
-                    template_ids[filled - 1] if filled else 0,
-                    through_id,
-                    LOAD_CHUNK,
-                ],
-            )
-            id_bytes, vector_bytes = cursor.fetchone()
-        if id_bytes is None:
-            break
-        chunk_ids = np.frombuffer(id_bytes, dtype=">i8")
-        chunk = np.frombuffer(vector_bytes, dtype=">f4").reshape(len(chunk_ids), -1)
-        chunk = chunk[:, _VECTOR_HEADER_FLOATS:].astype(np.float32)
-        if mean is None:
-            mean, step = _coding(chunk, margin=SPREAD_MARGIN)
-        template_ids[filled : filled + len(chunk_ids)] = chunk_ids
-        codes[:, filled : filled + len(chunk_ids)] = _encoded(chunk, mean, step).T
-        filled += len(chunk_ids)
-    if mean is None:
-        mean, step = _coding(np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32))
-    made = _gallery_codes(
+    made = _assembled(
         tenant_id=tenant_id,
         gallery_id=gallery_id,
         model_version=model_version,
-        template_ids=template_ids[:filled],
-        codes=np.ascontiguousarray(codes[:, :filled]),
-        mean=mean,
-        step=step,
+        chunks=_template_chunks(tenant_id, gallery_id, model_version, through_id=through_id, count=count),
+        count=count,
         through_id=through_id,
+        margin=SPREAD_MARGIN,
     )
     _scan_session()  # created here, in the background, rather than by the first search that uses the codes
     keep(made)
@@ -227,10 +190,10 @@ def codes_for(*, tenant_id, gallery) -> GalleryCodes | None:
     VISOR_SCAN_CACHE_MB = 0 turns the scan off: large galleries are then searched through HNSW alone."""
     if _budget_bytes() <= 0:
         return None
-    codes = held(tenant_id=tenant_id, gallery_id=gallery.id)
-    if codes is None or codes.model_version != gallery.model_version:
-        remake_in_background(tenant_id=tenant_id, gallery_id=gallery.id, model_version=gallery.model_version)
-        return None
+    key = (uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery.id)))
+    codes = _cache.get(key, model_version=gallery.model_version)
+    if codes is None:
+        remake_in_background(tenant_id=key[0], gallery_id=key[1], model_version=gallery.model_version)
     return codes
 
 
@@ -243,12 +206,17 @@ def remake_in_background(*, tenant_id, gallery_id, model_version: str) -> None:
     key = (uuid.UUID(str(tenant_id)), uuid.UUID(str(gallery_id)))
     if not _cache.start_making(key):
         return
-    threading.Thread(
+    thread = threading.Thread(
         target=_make_in_thread,
         kwargs={"tenant_id": key[0], "gallery_id": key[1], "model_version": model_version},
         name=f"{BACKGROUND_THREAD_PREFIX}{key[1]}",
         daemon=True,
-    ).start()
+    )
+    try:
+        thread.start()
+    except RuntimeError:
+        logger.exception("no thread to make the codes of gallery %s", key[1])
+        _cache.done_making(key, wait=RETRY_AFTER_SECONDS)
 
 
 def keep(codes: GalleryCodes) -> None:
@@ -262,21 +230,80 @@ def forget_all() -> None:
 
 
 def _make_in_thread(*, tenant_id, gallery_id, model_version) -> None:
+    wait = RETRY_AFTER_SECONDS
     try:
-        make(tenant_id=tenant_id, gallery_id=gallery_id, model_version=model_version)
+        if make(tenant_id=tenant_id, gallery_id=gallery_id, model_version=model_version) is not None:
+            wait = REMAKE_AT_MOST_EVERY_SECONDS
     except Exception:
         logger.exception("making the codes of gallery %s failed", gallery_id)
-        _cache.hold_back((tenant_id, gallery_id))
     finally:
-        _cache.done_making((tenant_id, gallery_id))
+        _cache.done_making((tenant_id, gallery_id), wait=wait)
         connection.close()
+
+
+def _template_chunks(tenant_id, gallery_id, model_version: str, *, through_id: int, count: int):
+    """(template ids, embeddings) of the gallery's templates with ids up to `through_id`, in id order, in
+    chunks of up to LOAD_CHUNK, at most `count` in all."""
+    after, read = 0, 0
+    while read < count:
+        # One short transaction per chunk; templates can only have been deleted since they were counted.
+        with tenant_transaction(tenant_id), connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT string_agg(int8send(id), ''::bytea ORDER BY id),
+                       string_agg(vector_send(embedding), ''::bytea ORDER BY id)
+                FROM (
+                    SELECT id, embedding FROM {_TABLE}
+                    WHERE tenant_id = %s AND gallery_id = %s AND model_version = %s AND id > %s AND id <= %s
+                    ORDER BY id LIMIT %s
+                ) AS chunk
+                """,
+                [tenant_id, gallery_id, model_version, after, through_id, min(LOAD_CHUNK, count - read)],
+            )
+            id_bytes, vector_bytes = cursor.fetchone()
+        if id_bytes is None:
+            return
+        ids = np.frombuffer(id_bytes, dtype=">i8").astype(np.int64)
+        vectors = np.frombuffer(vector_bytes, dtype=">f4").reshape(len(ids), -1)
+        yield ids, vectors[:, _VECTOR_HEADER_FLOATS:].astype(np.float32)
+        after, read = int(ids[-1]), read + len(ids)
+
+
+def _assembled(*, tenant_id, gallery_id, model_version, chunks, count: int, through_id, margin: float):
+    """GalleryCodes of up to `count` templates given in (ids, embeddings) chunks; the first chunk's spread,
+    widened by `margin`, fixes every dimension's step."""
+    template_ids = np.empty(count, dtype=np.int64)
+    codes = np.empty((EMBEDDING_DIMENSIONS, count), dtype=np.int8)
+    mean = step = None
+    filled = 0
+    for chunk_ids, chunk in chunks:
+        if mean is None:
+            mean, step = _coding(chunk, margin=margin)
+        template_ids[filled : filled + len(chunk_ids)] = chunk_ids
+        codes[:, filled : filled + len(chunk_ids)] = _encoded(chunk, mean, step).T
+        filled += len(chunk_ids)
+    if mean is None:
+        mean, step = _coding(np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32))
+    # Fewer than counted only when templates were deleted meanwhile: the copy is then of what was read.
+    codes = np.ascontiguousarray(codes[:, :filled])
+    return GalleryCodes(
+        tenant_id=uuid.UUID(str(tenant_id)),
+        gallery_id=uuid.UUID(str(gallery_id)),
+        model_version=model_version,
+        template_ids=template_ids[:filled],
+        codes=codes,
+        code_offsets=codes.sum(axis=0, dtype=np.int32) * 128,
+        mean=mean,
+        step=step,
+        through_id=int(through_id),
+    )
 
 
 def _budget_bytes() -> int:
     return settings.VISOR_SCAN_CACHE_MB * 1024 * 1024
 
 
-def _coding(sample: np.ndarray, *, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _coding(sample: np.ndarray, *, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """(mean, step) coding every dimension of `sample` (N, D) in 127 steps either side of its mean."""
     if not len(sample):
         return np.zeros(EMBEDDING_DIMENSIONS, np.float32), np.full(EMBEDDING_DIMENSIONS, 1 / 127, np.float32)
@@ -290,20 +317,6 @@ def _encoded(embeddings: np.ndarray, mean: np.ndarray, step: np.ndarray) -> np.n
     return np.rint((embeddings - mean) / step).clip(-127, 127).astype(np.int8)
 
 
-def _gallery_codes(*, tenant_id, gallery_id, model_version, template_ids, codes, mean, step, through_id):
-    return GalleryCodes(
-        tenant_id=uuid.UUID(str(tenant_id)),
-        gallery_id=uuid.UUID(str(gallery_id)),
-        model_version=model_version,
-        template_ids=template_ids,
-        codes=codes,
-        code_offsets=codes.sum(axis=0, dtype=np.int32) * 128,
-        mean=mean,
-        step=step,
-        through_id=int(through_id),
-    )
-
-
 def _advisory_key(gallery_id) -> int:
     return int.from_bytes(uuid.UUID(str(gallery_id)).bytes[:8], "big", signed=True)
 
@@ -315,17 +328,24 @@ class _CodesCache:
         self._making: set[tuple] = set()
         self._not_before: dict[tuple, float] = {}
 
-    def get(self, key) -> GalleryCodes | None:
+    def get(self, key, *, model_version: str | None = None) -> GalleryCodes | None:
+        """The codes held for `key` (of `model_version`, when given: others are dropped), now the most
+        recently used."""
         with self._lock:
             codes = self._codes.get(key)
-            if codes is not None:
-                self._codes.move_to_end(key)
+            if codes is None:
+                return None
+            if model_version is not None and codes.model_version != model_version:
+                del self._codes[key]
+                return None
+            self._codes.move_to_end(key)
             return codes
 
     def keep(self, codes: GalleryCodes, *, budget: int) -> None:
         with self._lock:
             self._codes.pop(codes.key, None)
             if codes.nbytes > budget:
+                logger.warning("gallery %s: its codes exceed VISOR_SCAN_CACHE_MB", codes.gallery_id)
                 self._not_before[codes.key] = time.monotonic() + RETRY_AFTER_SECONDS
                 return
             while self._codes and sum(kept.nbytes for kept in self._codes.values()) + codes.nbytes > budget:
@@ -333,20 +353,25 @@ class _CodesCache:
                 self._not_before[evicted] = time.monotonic() + RETRY_AFTER_SECONDS
             self._codes[codes.key] = codes
 
+    def drop(self, key) -> None:
+        """Forget the codes of a gallery they no longer fit, and wait before trying again."""
+        with self._lock:
+            self._codes.pop(key, None)
+            self._not_before[key] = time.monotonic() + RETRY_AFTER_SECONDS
+
     def start_making(self, key) -> bool:
         with self._lock:
             if key in self._making or self._not_before.get(key, 0) > time.monotonic():
                 return False
+            self._not_before.pop(key, None)
             self._making.add(key)
             return True
 
-    def hold_back(self, key) -> None:
-        with self._lock:
-            self._not_before[key] = time.monotonic() + RETRY_AFTER_SECONDS
-
-    def done_making(self, key) -> None:
+    def done_making(self, key, *, wait: float) -> None:
+        """The making ended; no new one starts for `wait` seconds (unless already held back for longer)."""
         with self._lock:
             self._making.discard(key)
+            self._not_before[key] = max(self._not_before.get(key, 0), time.monotonic() + wait)
 
     def clear(self) -> None:
         with self._lock:

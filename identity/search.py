@@ -193,8 +193,8 @@ def _rescored_rows(
 
 @contextmanager
 def _search_settings(cursor, *, gallery: Gallery, limit: int, subject_id) -> Iterator[None]:
-    """Planner settings for one search, undone afterwards: they are transaction-local and the caller's
-    transaction goes on."""
+    """Planner settings for one search. They are transaction-local; enable_sort is undone afterwards, as the
+    caller's transaction goes on, and the two hnsw settings are left: only HNSW scans read them."""
     # Only the gallery's own partial HNSW index can use these two.
     cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
     cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(HNSW_EF_SEARCH, 4 * limit))])

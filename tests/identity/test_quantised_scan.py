@@ -25,11 +25,14 @@ with_database = pytest.mark.django_db(transaction=True)
 def _no_codes_held():
     quantised_scan.forget_all()
     yield
-    # Codes a search started making must not outlive the test's rows.
+    _join_background_threads()  # codes a search started making must not outlive the test's rows
+    quantised_scan.forget_all()
+
+
+def _join_background_threads() -> None:
     for thread in threading.enumerate():
         if thread.name.startswith(quantised_scan.BACKGROUND_THREAD_PREFIX):
             thread.join(timeout=60)
-    quantised_scan.forget_all()
 
 
 @pytest.fixture
@@ -113,7 +116,8 @@ def test_the_best_codes_hold_the_exact_ten_nearest_templates():
 
 
 @with_database
-def test_a_large_gallery_with_codes_gets_exact_search_answers_through_them(large_gallery, scans):
+def test_a_large_gallery_with_codes_gets_exact_search_answers_through_them(large_gallery, scans, monkeypatch):
+    monkeypatch.setattr(quantised_scan, "LOAD_CHUNK", 700)  # made from several chunks, as a large gallery is
     tenant, gallery, data = large_gallery
     codes = _make_codes(tenant, gallery)
     stored = as_stored(data.embeddings)
@@ -274,37 +278,48 @@ def test_the_least_recently_searched_codes_make_room_within_the_budget(settings)
 
 
 @with_database
-def test_a_gallery_too_large_for_the_budget_is_searched_without_codes_and_not_retried_each_search(settings):
+def test_a_gallery_too_large_for_the_budget_is_searched_without_codes_and_not_retried_each_search(
+    settings, monkeypatch
+):
     tenant, gallery, data = seeded_gallery(templates=7_800, seed=21)  # 1,092,000 bytes of codes
     with tenant_transaction(tenant.id):
         Gallery.objects.filter(id=gallery.id).update(ann_index_name=search.ann_index_name(gallery.id))
         gallery.refresh_from_db()
     settings.VISOR_SCAN_CACHE_MB = 1
+    made = []
+    make = quantised_scan.make
+    monkeypatch.setattr(quantised_scan, "make", lambda **kwargs: made.append(kwargs) or make(**kwargs))
 
-    assert _make_codes(tenant, gallery) is None
-    hits = _search(tenant, gallery, data.embeddings[0])
+    assert (
+        quantised_scan.make(tenant_id=tenant.id, gallery_id=gallery.id, model_version=gallery.model_version)
+        is None
+    )
+    answers = [_search(tenant, gallery, probe) for probe in data.embeddings[:5]]
+    _join_background_threads()
 
-    assert not [
-        t for t in threading.enumerate() if t.name.startswith(quantised_scan.BACKGROUND_THREAD_PREFIX)
-    ]
-    assert hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert len(made) == 1
+    assert [hits[0].similarity for hits in answers] == pytest.approx([1.0] * 5, abs=1e-5)
     assert quantised_scan.held(tenant_id=tenant.id, gallery_id=gallery.id) is None
 
 
 @with_database
-def test_codes_of_an_earlier_model_are_not_used(large_gallery, scans):
+def test_codes_of_an_earlier_model_are_dropped_and_made_again_for_the_gallerys_model(
+    large_gallery, scans, monkeypatch
+):
     tenant, gallery, data = large_gallery
     _make_codes(tenant, gallery)
     gallery.model_version = "a newer model"
+    requested = []
+    monkeypatch.setattr(quantised_scan, "remake_in_background", lambda **kwargs: requested.append(kwargs))
 
-    assert quantised_scan.codes_for(tenant_id=tenant.id, gallery=gallery) is None
-    assert _search(tenant, gallery, data.embeddings[0]) == []
+    hits = _search(tenant, gallery, data.embeddings[0])
+
+    assert hits == []  # no template of the newer model yet
     assert scans == []
+    assert quantised_scan.held(tenant_id=tenant.id, gallery_id=gallery.id) is None
+    assert [kwargs["model_version"] for kwargs in requested] == ["a newer model"]
 
 
-@with_database
-def test_templates_can_only_be_added_in_a_transaction_that_holds_off_the_codes(large_gallery):
-    _, gallery, _ = large_gallery
-
+def test_templates_can_only_be_added_in_a_transaction_that_holds_off_the_codes():
     with pytest.raises(RuntimeError, match="transaction"):
-        quantised_scan.hold_off_codes(gallery_id=gallery.id)
+        quantised_scan.hold_off_codes(gallery_id=uuid.uuid4())
