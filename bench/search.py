@@ -9,11 +9,11 @@ It seeds a tenant with one gallery of realistic synthetic templates (bench/seed.
 to real SFace embeddings), builds the gallery's HNSW index with the app's own `search.build_ann_index` when
 the gallery is large enough to get one in production, then runs `search.nearest_templates` (the exact code
 identify runs, with identify's fetch size) for every probe and compares its first 10 templates with exact
-search over every row of the gallery (NumPy, on the vectors exactly as stored). A large gallery is searched as
-a process that holds its 8-bit codes searches it (`--search scan`, the codes made first with the app's
-`quantised_scan.make`) or through its HNSW index alone (`--search hnsw`, as before the codes are made or with
-VISOR_SCAN_CACHE_MB=0); `--skip-hnsw-build` measures the scan without building the HNSW index (43 minutes
-at 1,000,000 templates on this VM). A returned template counts
+search over every row of the gallery (NumPy, on the vectors exactly as stored). A large gallery is searched
+through its 8-bit codes, as by a process that holds them (`--search scan`, the codes made first with the
+app's `quantised_scan.make`), or through its HNSW index alone (`--search hnsw`, as before a process has made
+the codes, or with VISOR_SCAN_CACHE_MB=0); `--skip-hnsw-build` measures the scan without building the HNSW
+index (43 minutes at 1,000,000 templates on this VM). A returned template counts
 as a true neighbour when its similarity is at least the exact 10th-best similarity (minus 1e-5, float4
 rounding), so ties cannot lower recall.
 

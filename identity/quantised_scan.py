@@ -79,8 +79,9 @@ class GalleryCodes:
     # (N,) int32: 128 times the sum of each template's code, so that the scan can take the probe's code
     # unsigned and subtract its offset afterwards (a zero point in MatMulInteger would sum every code again).
     code_offsets: np.ndarray
-    mean: np.ndarray  # (D,) float32, subtracted before coding
-    step: np.ndarray  # (D,) float32, the value of one code unit in each dimension
+    # (D,) float32: the value of one code unit in each dimension (the gallery's mean, subtracted before
+    # coding, adds the same to every template's similarity, so the scan does not need it).
+    step: np.ndarray
     # Every template of the gallery with a larger id was added after the codes were made.
     through_id: int
 
@@ -278,13 +279,13 @@ def _assembled(*, tenant_id, gallery_id, model_version, chunks, count: int, thro
     mean = step = None
     filled = 0
     for chunk_ids, chunk in chunks:
-        if mean is None:
+        if step is None:
             mean, step = _coding(chunk, margin=margin)
         template_ids[filled : filled + len(chunk_ids)] = chunk_ids
         codes[:, filled : filled + len(chunk_ids)] = _encoded(chunk, mean, step).T
         filled += len(chunk_ids)
-    if mean is None:
-        mean, step = _coding(np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32))
+    if step is None:
+        _, step = _coding(np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32))
     # Fewer than counted only when templates were deleted meanwhile: the copy is then of what was read.
     codes = np.ascontiguousarray(codes[:, :filled])
     return GalleryCodes(
@@ -294,7 +295,6 @@ def _assembled(*, tenant_id, gallery_id, model_version, chunks, count: int, thro
         template_ids=template_ids[:filled],
         codes=codes,
         code_offsets=codes.sum(axis=0, dtype=np.int32) * 128,
-        mean=mean,
         step=step,
         through_id=int(through_id),
     )
@@ -347,18 +347,22 @@ class _CodesCache:
             self._codes.pop(codes.key, None)
             if codes.nbytes > budget:
                 logger.warning("gallery %s: its codes exceed VISOR_SCAN_CACHE_MB", codes.gallery_id)
-                self._not_before[codes.key] = time.monotonic() + RETRY_AFTER_SECONDS
+                self._hold_back(codes.key)
                 return
             while self._codes and sum(kept.nbytes for kept in self._codes.values()) + codes.nbytes > budget:
                 evicted, _ = self._codes.popitem(last=False)
-                self._not_before[evicted] = time.monotonic() + RETRY_AFTER_SECONDS
+                self._hold_back(evicted)
             self._codes[codes.key] = codes
 
     def drop(self, key) -> None:
         """Forget the codes of a gallery they no longer fit, and wait before trying again."""
         with self._lock:
             self._codes.pop(key, None)
-            self._not_before[key] = time.monotonic() + RETRY_AFTER_SECONDS
+            self._hold_back(key)
+
+    def _hold_back(self, key) -> None:
+        """With the lock held: no codes of the gallery are made for RETRY_AFTER_SECONDS."""
+        self._not_before[key] = time.monotonic() + RETRY_AFTER_SECONDS
 
     def start_making(self, key) -> bool:
         with self._lock:
