@@ -170,7 +170,7 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
     unknown = sorted(set(extra_outputs) - node_outputs)
     if unknown:
         raise ValueError(f"the model has no intermediate tensors named {unknown}")
-    rewritten = []
+    rewritten, added_initializers = [], []
     for number, wire_type, value in fields:
         if number == _GRAPH_INPUT:
             if _string_field(value, _VALUE_INFO_NAME) in weight_names:
@@ -182,8 +182,9 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
         elif number == _GRAPH_VALUE_INFO and free_dimensions:
             continue
         elif number == _GRAPH_NODE:
-            nodes = _prelu_as_elementwise(value, prelu_slopes, taken_names)
+            nodes, initializers = _prelu_as_elementwise(value, prelu_slopes, taken_names)
             rewritten.extend((number, wire_type, node) for node in nodes)
+            added_initializers.extend(initializers)
             continue
         rewritten.append((number, wire_type, value))
     last_output = max(index for index, (number, _, _) in enumerate(rewritten) if number == _GRAPH_OUTPUT)
@@ -196,42 +197,52 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
         )
         for name in extra_outputs
     ]
+    rewritten.extend((_GRAPH_INITIALIZER, protobuf_wire.WIRE_BYTES, tensor) for tensor in added_initializers)
     return protobuf_wire.serialise(rewritten)
 
 
 def _prelu_as_elementwise(
     node: bytes, prelu_slopes: dict[str, np.ndarray], taken_names: set[str]
-) -> list[bytes]:
-    """`node` itself, or, for a standard PRelu whose slopes are a float32 initializer, nodes computing the
-    same numbers for every finite input (up to the sign of a zero result).
+) -> tuple[list[bytes], list[bytes]]:
+    """(nodes, initializers): `node` itself, or, for a standard PRelu whose slopes are a float32 initializer,
+    nodes computing the same numbers for every finite input (up to the sign of a zero result) and the two
+    constants they multiply by.
 
     onnxruntime's PRelu kernel with per-channel slopes is several times slower than a multiplication and a
     maximum, and its cost depends on the signs of the input: on aligned LFW faces it took 24.7 of SFace's 49
     ms for a face and its mirror image (one thread), on uniform noise 9 ms. PRelu(x) is x where x > 0 and s*x
-    elsewhere, which is max(x, s*x) when every slope s <= 1: one product, then one of the two operands. Any
-    other layer (SFace's first two have slopes on both sides of 1) takes relu(x) + s * (x - relu(x)), whose
-    terms are x + s*0 or 0 + s*x.
+    elsewhere: relu(x) + (-s) * relu(-x), whose terms are x + 0 or 0 + s*x, for any slope. It is written with
+    Relu, Add and products by per-channel constants only because onnxruntime runs convolutions in a blocked
+    channel layout and keeps that layout across exactly those operators (a product becomes a 1x1 depthwise
+    convolution, the Relu and Add fuse into it); a Max or Sub between two convolutions makes it convert both
+    operands back and the result forth, which cost SFace 16 % of its time (`docs/performance.md`).
     """
     fields = protobuf_wire.parse(node)
     inputs = [value.decode() for number, _, value in fields if number == _NODE_INPUT]
     outputs = [value.decode() for number, _, value in fields if number == _NODE_OUTPUT]
     if not _is_standard_prelu(node) or len(inputs) != 2 or inputs[1] not in prelu_slopes or len(outputs) != 1:
-        return [node]
+        return [node], []
     (x, slope), (y,) = inputs, outputs
     name = _string_field(node, _NODE_NAME) or y
-    positive, negative, scaled = f"{y}/positive", f"{y}/negative", f"{y}/scaled"
-    if taken_names & {positive, negative, scaled, f"{name}/scale", f"{name}/choose", f"{name}/sum"}:
-        return [node]  # never rename what the model itself names
-    if prelu_slopes[slope].max() <= 1:
-        return [
-            _node("Mul", [x, slope], [scaled], f"{name}/scale"),
-            _node("Max", [x, scaled], [y], f"{name}/choose"),
-        ]
-    return [
+    positive, negated, negative, scaled = (
+        f"{y}/{part}" for part in ("positive", "negated", "negative", "scaled")
+    )
+    minus_one, minus_slope = f"{name}/minus_one", f"{name}/minus_slope"
+    new_names = {positive, negated, negative, scaled, minus_one, minus_slope}
+    new_names |= {f"{name}/{step}" for step in ("negate", "scale", "sum")}
+    if taken_names & new_names:
+        return [node], []  # never rename what the model itself names
+    slopes = prelu_slopes[slope]
+    nodes = [
         _node("Relu", [x], [positive], positive),
-        _node("Sub", [x, positive], [negative], negative),
-        _node("Mul", [negative, slope], [scaled], f"{name}/scale"),
+        _node("Mul", [x, minus_one], [negated], f"{name}/negate"),
+        _node("Relu", [negated], [negative], negative),
+        _node("Mul", [negative, minus_slope], [scaled], f"{name}/scale"),
         _node("Add", [positive, scaled], [y], f"{name}/sum"),
+    ]
+    return nodes, [
+        _float32_tensor(minus_one, np.full_like(slopes, -1.0)),
+        _float32_tensor(minus_slope, -slopes),
     ]
 
 
@@ -248,6 +259,21 @@ def _node(op_type: str, inputs: list[str], outputs: list[str], name: str) -> byt
         [(_NODE_INPUT, wire, value.encode()) for value in inputs]
         + [(_NODE_OUTPUT, wire, value.encode()) for value in outputs]
         + [(_NODE_NAME, wire, name.encode()), (_NODE_OP_TYPE, wire, op_type.encode())]
+    )
+
+
+def _float32_tensor(name: str, values: np.ndarray) -> bytes:
+    """A TensorProto holding `values` (any shape) as little-endian float32 raw data."""
+    return protobuf_wire.serialise(
+        [
+            (_TENSOR_DIMS, protobuf_wire.WIRE_VARINT, protobuf_wire.encode_varint(size))
+            for size in values.shape
+        ]
+        + [
+            (_TENSOR_DATA_TYPE, protobuf_wire.WIRE_VARINT, protobuf_wire.encode_varint(_FLOAT32_DATA_TYPE)),
+            (_TENSOR_NAME, protobuf_wire.WIRE_BYTES, name.encode()),
+            (_TENSOR_RAW_DATA, protobuf_wire.WIRE_BYTES, values.astype("<f4").tobytes()),
+        ]
     )
 
 
@@ -269,8 +295,8 @@ def _names(graph_fields: list[protobuf_wire.Field]) -> set[str]:
 
 
 def _prelu_slopes(graph_fields: list[protobuf_wire.Field]) -> dict[str, np.ndarray]:
-    """The slopes of the graph's standard PRelu nodes, by initializer name, flattened: those stored in the
-    graph as float32 (raw_data or packed float_data) with as many values as their dimensions say."""
+    """The slopes of the graph's standard PRelu nodes, by initializer name, in their own shape: those stored
+    in the graph as float32 (raw_data or packed float_data) with as many values as their dimensions say."""
     slope_names = set()
     for number, _, node in graph_fields:
         if number == _GRAPH_NODE and _is_standard_prelu(node):
@@ -292,7 +318,7 @@ def _prelu_slopes(graph_fields: list[protobuf_wire.Field]) -> dict[str, np.ndarr
         )
         values = np.frombuffer(data, dtype="<f4")
         if values.size and values.size == int(np.prod(dims)):
-            slopes[name] = values
+            slopes[name] = values.reshape(dims)
     return slopes
 
 
