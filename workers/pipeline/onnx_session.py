@@ -211,11 +211,11 @@ def _prelu_as_elementwise(
     onnxruntime's PRelu kernel with per-channel slopes is several times slower than a multiplication and a
     maximum, and its cost depends on the signs of the input: on aligned LFW faces it took 24.7 of SFace's 49
     ms for a face and its mirror image (one thread), on uniform noise 9 ms. PRelu(x) is x where x > 0 and s*x
-    elsewhere: relu(x) + (-s) * relu(-x), whose terms are x + 0 or 0 + s*x, for any slope. It is written with
-    Relu, Add and products by per-channel constants only because onnxruntime runs convolutions in a blocked
+    elsewhere: relu(x) + (-s) * relu(-x), whose terms are x + 0 or 0 + s*x, for any slope. It uses no operator
+    but Relu, Add and products by per-channel constants because onnxruntime runs convolutions in a blocked
     channel layout and keeps that layout across exactly those operators (a product becomes a 1x1 depthwise
     convolution, the Relu and Add fuse into it); a Max or Sub between two convolutions makes it convert both
-    operands back and the result forth, which cost SFace 16 % of its time (`docs/performance.md`).
+    operands back and the result forth, which made SFace 15-19 % slower (`docs/performance.md`).
     """
     fields = protobuf_wire.parse(node)
     inputs = [value.decode() for number, _, value in fields if number == _NODE_INPUT]

@@ -170,6 +170,6 @@ def test_prepared_sface_leaves_the_blocked_convolution_layout_only_for_its_outpu
     if not any(domain == "com.microsoft.nchwc" for _, domain in optimized):
         pytest.skip("onnxruntime runs no blocked layout on this CPU")
     # One conversion back per output (the embedding and the mask classifier's feature map); converting
-    # around every PRelu cost SFace 16 % of its time.
+    # around every PRelu made SFace 15-19 % slower.
     assert [op for op, _ in optimized].count("ReorderOutput") == 2
     assert [op for op, _ in optimized].count("ReorderInput") == 0
