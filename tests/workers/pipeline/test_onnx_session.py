@@ -159,17 +159,17 @@ def test_prepared_sface_leaves_the_blocked_convolution_layout_only_for_its_outpu
 
     ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
 
-    optimized = [
-        (
-            next(value.decode() for field, _, value in protobuf_wire.parse(node) if field == 4),
-            next((value.decode() for field, _, value in protobuf_wire.parse(node) if field == 7), ""),
-        )
-        for number, _, node in _graph((tmp_path / "optimized.onnx").read_bytes())
+    optimized = (tmp_path / "optimized.onnx").read_bytes()
+    domains = {
+        value.decode()
+        for number, _, node in _graph(optimized)
         if number == 1
-    ]
-    if not any(domain == "com.microsoft.nchwc" for _, domain in optimized):
+        for field, _, value in protobuf_wire.parse(node)
+        if field == 7
+    }
+    if "com.microsoft.nchwc" not in domains:
         pytest.skip("onnxruntime runs no blocked layout on this CPU")
     # One conversion back per output (the embedding and the mask classifier's feature map); converting
     # around every PRelu made SFace 15-19 % slower.
-    assert [op for op, _ in optimized].count("ReorderOutput") == 2
-    assert [op for op, _ in optimized].count("ReorderInput") == 0
+    assert _operators(optimized).count("ReorderOutput") == 2
+    assert _operators(optimized).count("ReorderInput") == 0
