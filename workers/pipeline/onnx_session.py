@@ -160,14 +160,7 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
     }
     prelu_slopes = _prelu_slopes(fields)
     taken_names = _names(fields)
-    node_outputs = {
-        output.decode("utf-8")
-        for number, _, node in fields
-        if number == _GRAPH_NODE
-        for field_number, _, output in protobuf_wire.parse(node)
-        if field_number == _NODE_OUTPUT
-    }
-    unknown = sorted(set(extra_outputs) - node_outputs)
+    unknown = sorted(set(extra_outputs) - _node_tensors(fields, _NODE_OUTPUT))
     if unknown:
         raise ValueError(f"the model has no intermediate tensors named {unknown}")
     rewritten, added_initializers = [], []
@@ -198,7 +191,29 @@ def _prepare_graph(graph: bytes, free_dimensions: FreeDimensions, extra_outputs:
         for name in extra_outputs
     ]
     rewritten.extend((_GRAPH_INITIALIZER, protobuf_wire.WIRE_BYTES, tensor) for tensor in added_initializers)
-    return protobuf_wire.serialise(rewritten)
+    node_inputs = _node_tensors(rewritten, _NODE_INPUT)
+    # The slopes of the rewritten PRelus are read by no node any more: left in, they are dead weights that
+    # onnxruntime removes again, with a warning each, on every load.
+    return protobuf_wire.serialise(
+        [
+            (number, wire_type, value)
+            for number, wire_type, value in rewritten
+            if number != _GRAPH_INITIALIZER
+            or (name := _string_field(value, _TENSOR_NAME)) not in prelu_slopes
+            or name in node_inputs
+        ]
+    )
+
+
+def _node_tensors(graph_fields: list[protobuf_wire.Field], node_field: int) -> set[str]:
+    """The names the graph's nodes list as inputs (node_field _NODE_INPUT) or outputs (_NODE_OUTPUT)."""
+    return {
+        value.decode()
+        for number, _, node in graph_fields
+        if number == _GRAPH_NODE
+        for field_number, _, value in protobuf_wire.parse(node)
+        if field_number == node_field
+    }
 
 
 def _prelu_as_elementwise(

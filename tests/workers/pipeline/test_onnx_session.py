@@ -93,6 +93,15 @@ def test_prelu_layers_become_elementwise_operators():
     assert _operators(_prelu_chain_model()) == ["PRelu"] * 3
     # relu(x) + (-s) * relu(-x), whatever the slopes.
     assert _operators(prepared) == ["Relu", "Mul", "Relu", "Mul", "Add"] * 3
+    # Each layer's constants -1 and -s replace its slopes, which nothing reads any more.
+    initializers = [
+        next(value.decode() for field, _, value in protobuf_wire.parse(tensor) if field == 8)
+        for number, _, tensor in _graph(prepared)
+        if number == 5
+    ]
+    assert sorted(initializers) == sorted(
+        f"{name}/{constant}" for name in ("h0", "h1", "y") for constant in ("minus_one", "minus_slope")
+    )
 
 
 def test_prelu_of_another_domain_or_with_attributes_is_left_alone():
