@@ -51,6 +51,20 @@ class Receiver:
         return self.received
 
 
+def _settled_delivery(timeout: float = 30, **lookup) -> WebhookDelivery:
+    """The delivery once the worker has saved the attempt that the receiver saw.
+
+    The receiver has the body as soon as it answers, and the worker saves the attempt only after the answer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with operator_transaction():
+            delivery = WebhookDelivery.objects.get(**lookup)
+        if delivery.status != WebhookDelivery.Status.PENDING or time.monotonic() > deadline:
+            return delivery
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def receiver():
     endpoint = Receiver(failures=1)
@@ -80,8 +94,7 @@ def test_a_finished_job_is_announced_with_a_verifiable_signature_and_retried_aft
     ).hexdigest()
     assert hmac.compare_digest(signature, expected)
     assert abs(time.time() - int(timestamp)) < 120
-    with operator_transaction():
-        delivery = WebhookDelivery.objects.get(source_id=event["data"]["job"]["id"])
+    delivery = _settled_delivery(source_id=event["data"]["job"]["id"])
     assert delivery.status == "delivered"
     assert [attempt.get("status_code") for attempt in delivery.attempts] == [503, 204]
 
@@ -149,7 +162,7 @@ def test_a_delivery_whose_task_was_lost_is_sent_again_by_the_sweep(tenant_api, r
 
     [(headers, body)] = reliable_receiver.wait_for(1)
     assert json.loads(body)["id"] == lost.payload["id"] == headers["Visor-Event-Id"]
-    assert _delivery(lost.id).status == WebhookDelivery.Status.DELIVERED
+    assert _settled_delivery(id=lost.id).status == WebhookDelivery.Status.DELIVERED
     # One sent a minute ago may be waiting in the queue: it is left alone.
     assert (_delivery(recent.id).attempts, _delivery(recent.id).dispatched_at) == ([], recent.dispatched_at)
     assert webhooks.redispatch_unattempted_deliveries() == 0
