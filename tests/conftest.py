@@ -6,6 +6,7 @@ test database. Nothing here mocks a service that can run on this machine.
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,11 +69,18 @@ def celery_worker(django_db_setup, django_db_blocker):
     try:
         ping.apply_async(kwargs={"payload": "warm-up"}).get(timeout=90)
     except Exception as error:
-        process.kill()
+        _kill_process_group(process)
         pytest.fail(f"the Celery worker did not answer ({error!r}); see {log_dir / 'test-worker.log'}")
     yield process
     process.terminate()
     try:
         process.wait(30)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _kill_process_group(process)
+
+
+def _kill_process_group(process: subprocess.Popen) -> None:
+    """Kill the worker and its pool processes: a pool process outliving its parent would keep a connection
+    to the test database, which then cannot be dropped."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
