@@ -451,11 +451,13 @@ class Evaluation:
             result.extra["mask_classifier"] = real
         else:
             # The pipeline's classifier reads the embedding network's activations: SFace's, and those of each
-            # other model measured, since a student fine-tuned below conv_12 changes them.
+            # other model measured, since a student fine-tuned below conv_12 changes them. It reads them
+            # before the landmark refiner re-aligns the faces it calls masked, so a model with the refiner
+            # is classified on its network's run over YuNet's alignment.
             classifiers["mask_classifier"] = (real, extractor)
-            for model in models:
-                if model != "sface":
-                    classifiers[f"mask_classifier on {model}"] = (real, self.model_run(model).extractor)
+            for network in dict.fromkeys(model.removesuffix(REFINED) for model in models):
+                if network != "sface":
+                    classifiers[f"mask_classifier on {network}"] = (real, self.model_run(network).extractor)
         for name, (classifier, activations) in classifiers.items():
             plain_keys, mask_keys = data["test"]
             predicted_plain = _predict(classifier, activations, "lfw", plain_keys)

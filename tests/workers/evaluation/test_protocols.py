@@ -306,9 +306,13 @@ def test_the_mask_classifier_is_measured_on_each_models_own_activations(tmp_path
     from django.core.management import call_command
 
     output = tmp_path / "accuracy.md"
-    call_command("evaluate", limit=20, protocols="d", model="sface,student-v2-flip", output=str(output))
+    # The shipped configuration. Its refiner re-aligns the faces the classifier calls masked, so the
+    # classifier reads the network's activations on YuNet's alignment, as it does without the refiner.
+    call_command(
+        "evaluate", limit=20, protocols="d", model="sface,student-v2-flip+refiner", output=str(output)
+    )
 
     document = json.loads(output.with_suffix(".json").read_text())
     rows = document["protocols"]["d"]["rows"]
-    assert {"baseline", "mask_classifier", "mask_classifier on student-v2-flip"} <= set(rows)
+    assert set(rows) == {"baseline", "mask_classifier", "mask_classifier on student-v2-flip"}
     assert {t["best_configuration"] for t in document["targets"]} == {"mask_classifier on student-v2-flip"}
