@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     options = vars(build_parser().parse_args(argv))
     document = run_evaluation(
-        **options_to_call(options), command="python -m workers.evaluation " + " ".join(argv)
+        **options_to_call(options), command="python -m workers.evaluation " + shlex.join(argv)
     )
     for target in document["targets"]:
         print(

@@ -6,6 +6,7 @@ twin (docs/accuracy.json) and SVG curves (docs/accuracy/*.svg). Faces and embedd
 var/eval-cache/, so a rerun only recomputes the statistics. See docs/accuracy.md for the protocols.
 """
 
+import shlex
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         try:
             document = run_evaluation(
                 **options_to_call(options),
-                command="python manage.py evaluate " + " ".join(sys.argv[2:]),
+                command="python manage.py evaluate " + shlex.join(sys.argv[2:]),
                 log=lambda message: self.stderr.write(message),
             )
         except (SharedDataUnavailable, FileNotFoundError, ValueError) as error:

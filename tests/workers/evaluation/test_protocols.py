@@ -3,6 +3,7 @@
 
 import json
 import math
+import shlex
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -297,6 +298,30 @@ def test_the_command_line_can_point_the_evaluation_at_a_candidate_models_directo
     assert default["config"].model_dir == DEFAULT_MODEL_DIR
     assert candidate["config"].model_dir == tmp_path
     assert (candidate["protocols"], candidate["models"]) == (["c"], ["student"])
+
+
+def test_the_report_names_a_command_that_parses_back_to_the_same_arguments(tmp_path):
+    require_smoke_run_data()
+    from workers.evaluation.report import main
+
+    output = tmp_path / "accuracy.md"
+    arguments = [
+        "--limit",
+        "20",
+        "--protocols",
+        "e",
+        "--synthetic",
+        "",
+        "--cohort",
+        "0",
+        "--output",
+        str(output),
+    ]
+    main(arguments)
+
+    command = json.loads(output.with_suffix(".json").read_text())["meta"]["command"]
+    assert shlex.split(command) == ["python", "-m", "workers.evaluation", *arguments]
+    assert f"- Command: `{command}`" in output.read_text()
 
 
 def test_the_mask_classifier_is_measured_on_each_models_own_activations(tmp_path):
