@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import visor
 from django.core.management import call_command
 from visor.cli import main as visor_main
 
@@ -30,8 +31,14 @@ def _blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", QUICKSTART.read_text(), flags=re.DOTALL)
 
 
+def _close_clients(namespace: dict) -> None:
+    for value in namespace.values():
+        if isinstance(value, visor.Client):
+            value.close()
+
+
 def test_every_quickstart_snippet_runs_against_a_live_server(
-    live_server, celery_worker, monkeypatch, tmp_path
+    live_server, celery_worker, monkeypatch, tmp_path, request
 ):
     # Transactional tests start from an empty database: bring the default plan create_tenant uses.
     Plan.objects.get_or_create(
@@ -54,6 +61,9 @@ def test_every_quickstart_snippet_runs_against_a_live_server(
     cli_outputs = []
     printed = io.StringIO()
     namespace: dict = {}
+    # A script's clients close when its process ends; here the test ends instead. One left open keeps a
+    # live-server thread, and its database connection, waiting on the kept-alive socket.
+    request.addfinalizer(lambda: _close_clients(namespace))
     for language, block in blocks:
         if language == "python":
             with contextlib.redirect_stdout(printed):

@@ -2,6 +2,8 @@
 
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -16,8 +18,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 FAST = visor.RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.05)
 
 
-def _client(server, transport, policy=FAST) -> visor.Client:
-    return server.client(http_client=httpx.Client(transport=transport), retry_policy=policy)
+@contextmanager
+def _client(server, transport, policy=FAST) -> Iterator[visor.Client]:
+    # The SDK leaves a caller's own HTTP client open; one left open keeps a live-server thread, and its
+    # database connection, waiting on the kept-alive socket.
+    with (
+        httpx.Client(transport=transport) as http,
+        server.client(http_client=http, retry_policy=policy) as client,
+    ):
+        yield client
 
 
 def test_a_404_is_not_retried(visor_server):
@@ -79,9 +88,10 @@ def test_rate_limited_requests_wait_for_retry_after_and_then_succeed(
     Plan.objects.filter(pk=api.tenant.plan_id).update(requests_per_second=1, burst=1)
     transport = RecordingTransport()
     started = time.monotonic()
-    with visor.Client(
-        api_key=api.key, base_url=live_server.url, http_client=httpx.Client(transport=transport)
-    ) as client:
+    with (
+        httpx.Client(transport=transport) as http,
+        visor.Client(api_key=api.key, base_url=live_server.url, http_client=http) as client,
+    ):
         for _ in range(3):
             client.tenant()
     assert 429 in transport.statuses
@@ -106,13 +116,13 @@ def test_connection_errors_are_retried_then_raised(visor_server):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     transport = RecordingTransport()
-    client = visor.Client(
-        api_key="k",
-        base_url=f"http://127.0.0.1:{port}",
-        http_client=httpx.Client(transport=transport),
-        retry_policy=FAST,
-    )
-    with pytest.raises(visor.APIConnectionError):
+    with (
+        httpx.Client(transport=transport) as http,
+        visor.Client(
+            api_key="k", base_url=f"http://127.0.0.1:{port}", http_client=http, retry_policy=FAST
+        ) as client,
+        pytest.raises(visor.APIConnectionError),
+    ):
         client.galleries.create(name="x")
     assert len(transport.requests) == 1 + FAST.max_retries
     assert len({r.headers["Idempotency-Key"] for r in transport.requests}) == 1
