@@ -66,12 +66,19 @@ def _graph(model: bytes) -> list[protobuf_wire.Field]:
     return protobuf_wire.parse(next(value for number, _, value in protobuf_wire.parse(model) if number == 7))
 
 
-def _operators(model: bytes) -> list[str]:
+def _graph_strings(model: bytes, graph_field: int, field: int) -> list[str]:
+    """The strings in `field` of each of the graph's `graph_field` entries (nodes 1, initializers 5)."""
     return [
-        next(value.decode() for field, _, value in protobuf_wire.parse(node) if field == 4)
-        for number, _, node in _graph(model)
-        if number == 1
+        value.decode()
+        for number, _, entry in _graph(model)
+        if number == graph_field
+        for inner, _, value in protobuf_wire.parse(entry)
+        if inner == field
     ]
+
+
+def _operators(model: bytes) -> list[str]:
+    return _graph_strings(model, 1, 4)
 
 
 def _reference(x: np.ndarray) -> np.ndarray:
@@ -94,12 +101,7 @@ def test_prelu_layers_become_elementwise_operators():
     # relu(x) + (-s) * relu(-x), whatever the slopes.
     assert _operators(prepared) == ["Relu", "Mul", "Relu", "Mul", "Add"] * 3
     # Each layer's constants -1 and -s replace its slopes, which nothing reads any more.
-    initializers = [
-        next(value.decode() for field, _, value in protobuf_wire.parse(tensor) if field == 8)
-        for number, _, tensor in _graph(prepared)
-        if number == 5
-    ]
-    assert sorted(initializers) == sorted(
+    assert sorted(_graph_strings(prepared, 5, 8)) == sorted(
         f"{name}/{constant}" for name in ("h0", "h1", "y") for constant in ("minus_one", "minus_slope")
     )
 
@@ -169,14 +171,7 @@ def test_prepared_sface_leaves_the_blocked_convolution_layout_only_for_its_outpu
     ort.InferenceSession(prepared, options, providers=["CPUExecutionProvider"])
 
     optimized = (tmp_path / "optimized.onnx").read_bytes()
-    domains = {
-        value.decode()
-        for number, _, node in _graph(optimized)
-        if number == 1
-        for field, _, value in protobuf_wire.parse(node)
-        if field == 7
-    }
-    if "com.microsoft.nchwc" not in domains:
+    if "com.microsoft.nchwc" not in _graph_strings(optimized, 1, 7):
         pytest.skip("onnxruntime runs no blocked layout on this CPU")
     # One conversion back per output (the embedding and the mask classifier's feature map); converting
     # around every PRelu made SFace 15-19 % slower.
