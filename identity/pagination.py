@@ -19,8 +19,11 @@ def _encode(created_at: datetime, object_id: uuid.UUID) -> str:
 def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         created_at, object_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        # A cursor is the client's text: one crafted with other JSON types must be refused, not crash.
+        if not isinstance(created_at, str) or not isinstance(object_id, str):
+            raise TypeError("a cursor holds two strings")
         return datetime.fromisoformat(created_at), uuid.UUID(object_id)
-    except (binascii.Error, ValueError, TypeError, json.JSONDecodeError):
+    except (binascii.Error, ValueError, TypeError):
         raise ValidationError(
             {"cursor": ["This cursor is not valid; use `next_cursor` from a previous page."]}
         ) from None

@@ -30,12 +30,12 @@ class IdempotencyKeyReused(Problem):
 class InvalidImage(Problem):
     """The uploaded image cannot be used at all (empty, too large, not an image, corrupt)."""
 
+    problem_type = "invalid-image"
     title = "Invalid image"
 
     def __init__(self, rejection: ImageRejected):
         super().__init__(rejection.detail, extra={"reason": rejection.code})
         self.status_code = rejection.http_status
-        self.problem_type = "invalid-image"
 
 
 class MissingImage(Problem):
@@ -43,10 +43,10 @@ class MissingImage(Problem):
     problem_type = "validation-error"
     title = "Your request parameters did not validate"
 
-    def __init__(self, field: str = "image"):
+    def __init__(self, field: str = "image", *, error: str = "An image is required."):
         super().__init__(
             "Send the image as multipart field `image` or as JSON `image_base64`.",
-            extra={"errors": {field: ["An image is required."]}},
+            extra={"errors": {field: [error]}},
         )
 
 
@@ -59,6 +59,22 @@ class FaceNotUsable(Problem):
 
     def __init__(self, detail: str, *, reasons: list[str]):
         super().__init__(detail, extra={"reasons": reasons})
+
+
+class EnrollmentFailed(Problem):
+    """The service could not finish an enrollment (its job ran out of retries on an infrastructure error).
+    Not the image's fault, unlike a face-rejected problem: the same request may be sent again later, with
+    the same Idempotency-Key too (the failure released it)."""
+
+    status_code = 503
+    problem_type = "enrollment-failed"
+    title = "Enrollment failed"
+    retry_after_seconds = 30
+
+    def __init__(self, detail: str, *, job_id: str):
+        super().__init__(
+            detail, extra={"job_id": job_id}, headers={"Retry-After": str(self.retry_after_seconds)}
+        )
 
 
 class GalleryModelMismatch(Problem):

@@ -6,6 +6,28 @@ from identity.matching import Candidate
 from identity.models import Face, Gallery, Job, QualityFilter, Subject
 
 
+def unstorable_text(value) -> str | None:
+    """Why a parsed JSON value cannot be stored, or None when it can: PostgreSQL text and jsonb hold no
+    U+0000, and unpaired surrogates are not UTF-8. (CharField refuses both itself.) Walks the value without
+    recursion, since its depth is the client's choice."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "Text may not contain the NUL character (U+0000)."
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Text may not contain unpaired UTF-16 surrogates (such as \\ud800 alone)."
+    return None
+
+
 class GalleryCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
@@ -24,6 +46,9 @@ class SubjectCreateSerializer(serializers.Serializer):
     def validate_metadata(self, value):
         if not isinstance(value, dict):
             raise serializers.ValidationError("metadata must be a JSON object.")
+        unstorable = unstorable_text(value)
+        if unstorable:
+            raise serializers.ValidationError(unstorable)
         return value
 
 
@@ -64,6 +89,10 @@ class DetectOptionsSerializer(serializers.Serializer):
 class PaginationSerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=500)
     cursor = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class SubjectListSerializer(PaginationSerializer):
+    external_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default=None)
 
 
 # --- Responses -------------------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ STALLED_JOB_AFTER = timedelta(minutes=10)
 STALLED_JOBS_PER_SWEEP = 500
 # How long a retry with the same Idempotency-Key gets the first request's outcome (Stripe keeps keys 24 h).
 IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
+# Reasons an enrollment job fails that are not about its image (those are the face-rejection reasons).
+SUBJECT_DELETED = "SUBJECT_DELETED"
+INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 # --- Galleries and subjects -------------------------------------------------------------------------------
@@ -236,12 +239,13 @@ def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> tuple[Ide
 def _meter_call(*, tenant, api_key, operation: str, client_request: ClientRequest) -> None:
     """Bill a successful recognition call once per client request, inside the tenant's transaction. With an
     Idempotency-Key, the ledger key names its claim too, so that the same key reused after it expired bills
-    its new call."""
+    its new call. Without one, every call is a new ledger key: never the request id, which a client may send
+    (X-Request-ID) and repeat."""
     if client_request.idempotency_key:
         claim, _ = claim_idempotency_key(tenant=tenant, client_request=client_request)
         usage_key = f"idempotency:{claim.id}:{client_request.idempotency_key}"
     else:
-        usage_key = f"request:{client_request.request_id}"
+        usage_key = f"call:{uuid.uuid4()}"
     record_usage(tenant=tenant, api_key=api_key, operation=operation, units=1, idempotency_key=usage_key)
 
 
@@ -365,7 +369,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
                 job_id=job_id,
                 tenant_id=tenant_id,
                 face=None,
-                error={"reason": "SUBJECT_DELETED", "detail": "The subject was deleted."},
+                error={"reason": SUBJECT_DELETED, "detail": "The subject was deleted."},
             )
         stored_key = ""
         if job.tenant.store_images:
@@ -392,13 +396,19 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
 
 def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
-    """End a job whose processing kept failing on infrastructure errors."""
-    return _finish_job(
-        job_id=job_id,
-        tenant_id=tenant_id,
-        face=None,
-        error={"reason": "INTERNAL_ERROR", "detail": "Enrollment failed after retries: " + detail},
-    )
+    """End a job whose processing kept failing on infrastructure errors. The Idempotency-Key it was requested
+    with is released: the failure is the service's, not the request's, so a retry with the same key (the SDK
+    retries with it) makes a new job instead of being answered with this failure for the key's lifetime."""
+    with tenant_transaction(tenant_id):
+        job = _finish_job(
+            job_id=job_id,
+            tenant_id=tenant_id,
+            face=None,
+            error={"reason": INTERNAL_ERROR, "detail": "Enrollment failed after retries: " + detail},
+        )
+        if job.error and job.error["reason"] == INTERNAL_ERROR:
+            IdempotentRequest.objects.filter(tenant_id=tenant_id, body__job_id=job_id).delete()
+    return job
 
 
 def redispatch_stalled_jobs(

@@ -9,13 +9,13 @@ import time
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from identity import selectors, services
 from identity.models import Job, QualityFilter
 from identity.pagination import paginate
-from identity.problems import MissingImage
+from identity.problems import EnrollmentFailed, FaceNotUsable, MissingImage, NotFound
 from identity.serializers import (
     DetectOptionsSerializer,
     EnrollOptionsSerializer,
@@ -24,6 +24,7 @@ from identity.serializers import (
     IdentifyOptionsSerializer,
     PaginationSerializer,
     SubjectCreateSerializer,
+    SubjectListSerializer,
     SubjectUpdateSerializer,
     VerifyOptionsSerializer,
     analysed_face_representation,
@@ -33,6 +34,7 @@ from identity.serializers import (
     job_representation,
     subject_representation,
 )
+from infra.parsers import ApiJSONParser
 from tenants.views import TenantAPIView
 
 JOB_POLL_INTERVAL_SECONDS = 0.1
@@ -53,13 +55,15 @@ def _image_from(request, field: str) -> bytes | None:
     if encoded is None:
         return None
     if not isinstance(encoded, str):
-        raise MissingImage(f"{field}_base64")
+        raise MissingImage(f"{field}_base64", error="Send the image's bytes as a base64 string.")
+    payload = encoded.split(",", 1)[-1] if encoded.startswith("data:") else encoded
     try:
-        return base64.b64decode(
-            encoded.split(",", 1)[-1] if encoded.startswith("data:") else encoded, validate=True
-        )
+        # Line breaks are allowed: the `base64` tool and MIME wrap their output at 76 columns.
+        return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise MissingImage(f"{field}_base64") from None
+        raise MissingImage(
+            f"{field}_base64", error="This is not valid base64 (RFC 4648's standard alphabet, padded)."
+        ) from None
 
 
 def _required_image(request, field: str = "image") -> bytes:
@@ -166,17 +170,13 @@ class SubjectListView(TenantAPIView):
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject.id)
         return Response(subject_representation(subject), status=status.HTTP_201_CREATED)
 
-    @extend_schema(
-        parameters=[PaginationSerializer, OpenApiParameter("external_id", str)], responses={200: dict}
-    )
-    @extend_schema(responses={200: dict})
+    @extend_schema(parameters=[SubjectListSerializer], responses={200: dict})
     def get(self, request, gallery_id):
-        page = _validated(PaginationSerializer, request.query_params)
+        page = _validated(SubjectListSerializer, request.query_params)
+        external_id = page.pop("external_id")
         with self.tenant_transaction():
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
-            subjects = selectors.subject_list(
-                tenant=self.tenant, gallery=gallery, external_id=request.query_params.get("external_id")
-            )
+            subjects = selectors.subject_list(tenant=self.tenant, gallery=gallery, external_id=external_id)
             body = paginate(subjects, represent=subject_representation, **page)
         return Response(body)
 
@@ -209,7 +209,7 @@ class SubjectDetailView(TenantAPIView):
 
 class SubjectFacesView(TenantAPIView):
     required_scopes = {"GET": "read", "POST": "enroll"}
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, ApiJSONParser]
 
     @extend_schema(
         parameters=[
@@ -263,10 +263,12 @@ class SubjectFacesView(TenantAPIView):
         if job.status == Job.Status.SUCCEEDED:
             return Response(job.result["face"], status=status.HTTP_201_CREATED, headers=headers)
         if job.status == Job.Status.FAILED:
-            from identity.problems import FaceNotUsable
-
-            reasons = job.error.get("reasons") or [job.error["reason"]]
-            raise FaceNotUsable(job.error["detail"], reasons=reasons)
+            reason = job.error["reason"]
+            if reason == services.SUBJECT_DELETED:
+                raise NotFound("subject")
+            if reason == services.INTERNAL_ERROR:
+                raise EnrollmentFailed(job.error["detail"], job_id=str(job.id))
+            raise FaceNotUsable(job.error["detail"], reasons=job.error.get("reasons") or [reason])
         return Response({"job": job_representation(job)}, status=status.HTTP_202_ACCEPTED, headers=headers)
 
     @extend_schema(parameters=[PaginationSerializer], responses={200: dict})
@@ -301,7 +303,7 @@ class FaceDetailView(TenantAPIView):
 
 class IdentifyView(TenantAPIView):
     required_scopes = {"POST": "identify"}
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, ApiJSONParser]
 
     @extend_schema(
         parameters=[IdentifyOptionsSerializer],
@@ -348,7 +350,7 @@ class IdentifyView(TenantAPIView):
 
 class VerifyView(TenantAPIView):
     required_scopes = {"POST": "identify"}
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, ApiJSONParser]
 
     @extend_schema(
         parameters=[VerifyOptionsSerializer],
@@ -398,7 +400,7 @@ class VerifyView(TenantAPIView):
 
 class DetectView(TenantAPIView):
     required_scopes = {"POST": "identify"}
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, ApiJSONParser]
 
     @extend_schema(
         parameters=[DetectOptionsSerializer],

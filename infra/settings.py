@@ -149,11 +149,18 @@ VISOR_MAX_IMAGE_PIXELS = env_int("VISOR_MAX_IMAGE_PIXELS", 40_000_000)
 # Base64 bodies are a third larger than the image they carry.
 DATA_UPLOAD_MAX_MEMORY_SIZE = VISOR_MAX_IMAGE_BYTES * 4 // 3 + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+# A JSON body may carry two base64 images (verify's `image_base64` and `image2_base64`).
+VISOR_MAX_JSON_BODY_BYTES = 2 * (VISOR_MAX_IMAGE_BYTES * 4 // 3) + 1024 * 1024
 
 # --- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "infra.parsers.ApiJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "infra.problems.problem_exception_handler",
     "UNAUTHENTICATED_USER": None,
     # Every API view needs an API key with the view's scope, and is rate limited per key by its plan.

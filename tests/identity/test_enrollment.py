@@ -101,6 +101,35 @@ def test_an_image_can_be_sent_as_base64_json(tenant_api, subject):
     assert response.status_code == 201, response.content
 
 
+def test_line_wrapped_base64_is_accepted(tenant_api, subject):
+    encoded = base64.encodebytes(person_image(3)).decode()  # MIME's 76-column lines
+
+    response = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces?wait=true",
+        {"image_base64": encoded},
+        content_type="application/json",
+    )
+
+    assert encoded.count("\n") > 100
+    assert response.status_code == 201, response.content
+
+
+@pytest.mark.parametrize(
+    ("encoded", "error"),
+    [
+        ("bm90IGFuIGltYWdl!", "This is not valid base64 (RFC 4648's standard alphabet, padded)."),
+        (["bm90"], "Send the image's bytes as a base64 string."),
+    ],
+)
+def test_an_image_base64_that_is_not_base64_says_so(tenant_api, subject, encoded, error):
+    response = tenant_api.post(
+        f"/v1/subjects/{subject['id']}/faces", {"image_base64": encoded}, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"image_base64": [error]}
+
+
 def test_an_image_without_a_face_is_rejected_with_reason_no_face(tenant_api, subject):
     blank = encode(np.full((480, 640, 3), 200, dtype=np.uint8))
 

@@ -1,3 +1,5 @@
+import base64
+import json
 import uuid
 
 import pytest
@@ -9,6 +11,11 @@ from tenants.actors import Actor
 from tenants.rls import tenant_transaction
 
 TESTS = Actor.system("tests")
+
+
+def _crafted_cursor(payload) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
 
 pytestmark = pytest.mark.django_db
 
@@ -77,10 +84,23 @@ def test_galleries_are_listed_with_cursor_pagination(tenant_api):
     assert second["next_cursor"] is None
 
 
-def test_a_malformed_cursor_is_a_validation_problem(tenant_api):
-    response = tenant_api.get("/v1/galleries?cursor=not-a-cursor")
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        # Well-formed base64 JSON of the wrong shape or types: a number, a list or an object as the id.
+        _crafted_cursor(["2026-01-01T00:00:00+00:00", 123]),
+        _crafted_cursor(["2026-01-01T00:00:00+00:00", ["x"]]),
+        _crafted_cursor([{"a": 1}, "6f1f7a2e-8a4d-4c5e-9d2b-1f0e3c4b5a69"]),
+        _crafted_cursor(["2026-01-01T00:00:00+00:00"]),
+        _crafted_cursor(None),
+    ],
+)
+def test_a_malformed_cursor_is_a_validation_problem(tenant_api, cursor):
+    response = tenant_api.get(f"/v1/galleries?cursor={cursor}")
 
     assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
     assert "cursor" in response.json()["errors"]
 
 
@@ -141,6 +161,40 @@ def test_subjects_are_found_by_external_id_updated_and_deleted(tenant_api):
     assert updated["metadata"] == {"team": "dev"}
     assert deleted.status_code == 204
     assert tenant_api.get(f"/v1/subjects/{ada['id']}").status_code == 404
+
+
+# JSON escapes, as a client sends them.
+@pytest.mark.parametrize("text", ["\\u0000", "\\ud800"], ids=["nul", "unpaired-surrogate"])
+@pytest.mark.parametrize("where", ["key", "nested value"])
+def test_subject_metadata_that_postgresql_cannot_store_is_a_validation_problem(tenant_api, text, where):
+    gallery = tenant_api.create_gallery()
+    subject = tenant_api.create_subject(gallery["id"], "emp-1")
+    metadata = f'{{"{text}": 1}}' if where == "key" else f'{{"badge": {{"notes": ["a{text}b"]}}}}'
+
+    created = tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/subjects",
+        f'{{"external_id": "emp-2", "metadata": {metadata}}}',
+        content_type="application/json",
+    )
+    created_by_form = tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/subjects", {"external_id": "emp-3", "metadata": metadata}
+    )
+    updated = tenant_api.patch(f"/v1/subjects/{subject['id']}", f'{{"metadata": {metadata}}}')
+
+    for response in (created, created_by_form, updated):
+        assert response.status_code == 400, response.content
+        assert response["Content-Type"] == "application/problem+json"
+        assert "metadata" in response.json()["errors"]
+    assert tenant_api.get(f"/v1/galleries/{gallery['id']}/subjects").json()["data"] == [subject]
+
+
+def test_an_external_id_filter_with_a_nul_character_is_a_validation_problem(tenant_api):
+    gallery = tenant_api.create_gallery()
+
+    response = tenant_api.get(f"/v1/galleries/{gallery['id']}/subjects?external_id=emp%001")
+
+    assert response.status_code == 400
+    assert "external_id" in response.json()["errors"]
 
 
 def test_subject_metadata_must_be_an_object(tenant_api):

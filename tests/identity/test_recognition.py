@@ -196,18 +196,29 @@ def test_each_identify_call_is_metered_once(tenant_api, enrolled):
         assert UsageRecord.objects.filter(operation="enroll").count() == 3
 
 
-def test_a_retried_identify_with_the_same_idempotency_key_is_metered_once(tenant_api, enrolled):
+@pytest.mark.parametrize(
+    ("headers", "metered"),
+    [
+        ({"Idempotency-Key": "gate-3-frame-1"}, 1),
+        # The client's request id is kept for its tracing, but bills nothing once: a client may repeat it.
+        ({"X-Request-ID": "gate-3-trace-0001"}, 2),
+    ],
+    ids=["same-idempotency-key", "same-request-id"],
+)
+def test_a_repeated_identify_is_metered_once_only_under_the_same_idempotency_key(
+    tenant_api, enrolled, headers, metered
+):
     gallery, _ = enrolled
     for _ in range(2):
         response = tenant_api.post(
             f"/v1/galleries/{gallery['id']}/identify",
             {"image": upload_file(person_image(21))},
-            headers={"Idempotency-Key": "gate-3-frame-1"},
+            headers=headers,
         )
         assert response.status_code == 200
 
     with tenant_transaction(tenant_api.tenant.id):
-        assert UsageRecord.objects.filter(operation="identify").count() == 1
+        assert UsageRecord.objects.filter(operation="identify").count() == metered
 
 
 @pytest.mark.parametrize(

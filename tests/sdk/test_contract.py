@@ -1,5 +1,6 @@
 """Every operation of the server's OpenAPI schema has an SDK method, on both clients; webhook signatures."""
 
+import importlib
 import io
 import re
 import time
@@ -8,9 +9,12 @@ import pytest
 import visor
 from django.urls import Resolver404, resolve
 from drf_spectacular.generators import SchemaGenerator
+from visor._base import JOB_FAILURES_NOT_ABOUT_THE_IMAGE, job_failure
+from visor._errors import _BY_TYPE
 from visor._routes import OPERATIONS
 from visor.cli import main as cli_main
 
+from identity import services
 from identity.webhooks import sign as server_sign
 from tests.face_images import person_image
 
@@ -47,6 +51,43 @@ def test_every_mapped_sdk_method_exists(client_class):
     client = client_class(api_key="k", base_url="http://127.0.0.1:1")
     for name in OPERATIONS.values():
         assert callable(_resolve(client, name)), name
+
+
+def _server_problem_types() -> set[str]:
+    from infra.problems import _DRF_TYPES, Problem
+
+    for module in ("identity.problems", "infra.parsers", "tenants.problems"):  # where the subclasses live
+        importlib.import_module(module)
+    types, pending = set(), [Problem]
+    while pending:
+        problem = pending.pop()
+        pending.extend(problem.__subclasses__())
+        types.add(problem.problem_type)
+    return types | {problem_type for _, problem_type, _ in _DRF_TYPES}
+
+
+def test_every_problem_type_of_the_server_has_its_sdk_exception():
+    types = _server_problem_types()
+
+    assert {"enrollment-failed", "request-too-large", "invalid-image", "face-rejected"} <= types
+    assert types <= set(_BY_TYPE), f"not mapped by the SDK: {sorted(types - set(_BY_TYPE))}"
+
+
+@pytest.mark.parametrize(
+    ("reason", "exception"),
+    [
+        ("NO_FACE", visor.FaceRejectedError),
+        (services.INTERNAL_ERROR, visor.JobFailedError),
+        (services.SUBJECT_DELETED, visor.JobFailedError),
+    ],
+)
+def test_a_failed_job_is_a_face_rejection_only_when_its_image_was_the_cause(reason, exception):
+    assert {services.INTERNAL_ERROR, services.SUBJECT_DELETED} == JOB_FAILURES_NOT_ABOUT_THE_IMAGE
+
+    error = job_failure({"reason": reason, "detail": "Enrollment did not finish."}, "job-1")
+
+    assert type(error) is exception
+    assert error.detail == "Enrollment did not finish."
 
 
 def test_the_webhook_signature_of_the_server_verifies_and_tampering_or_staleness_is_refused():

@@ -272,13 +272,17 @@ def finished_face(job: Job) -> Face:
     return job.face
 
 
+# Why a job fails when its image is not the cause: the service ran out of retries, or the subject was deleted.
+JOB_FAILURES_NOT_ABOUT_THE_IMAGE = frozenset({"INTERNAL_ERROR", "SUBJECT_DELETED"})
+
+
 def job_failure(job_error: dict[str, Any] | None, job_id: str) -> VisorError:
     from visor._errors import FaceRejectedError, JobFailedError
 
     error = job_error or {}
     reasons = error.get("reasons") or ([error["reason"]] if error.get("reason") else [])
     detail = str(error.get("detail") or f"job {job_id} failed")
-    if reasons:
+    if reasons and not JOB_FAILURES_NOT_ABOUT_THE_IMAGE.intersection(reasons):
         return FaceRejectedError(
             detail,
             status=422,

@@ -137,12 +137,17 @@ _BY_TYPE: dict[str, type[VisorError]] = {
     "validation-error": ValidationError,
     "malformed-request": BadRequestError,
     "bad-request": BadRequestError,
+    "request-too-large": BadRequestError,
+    "method-not-allowed": BadRequestError,
+    "not-acceptable": BadRequestError,
+    "unsupported-media-type": BadRequestError,
     "unauthenticated": AuthenticationError,
     "forbidden": PermissionDeniedError,
     "insufficient-scope": PermissionDeniedError,
     "tenant-suspended": PermissionDeniedError,
     "not-found": NotFoundError,
     "conflict": ConflictError,
+    "gallery-needs-reembed": ConflictError,
     "capacity-exceeded": CapacityExceededError,
     "idempotency-key-reused": ValidationError,
     "rate-limited": RateLimitError,
@@ -150,6 +155,7 @@ _BY_TYPE: dict[str, type[VisorError]] = {
     "invalid-image": InvalidImageError,
     "face-rejected": FaceRejectedError,
     "internal-error": ServerError,
+    "enrollment-failed": ServerError,
 }
 
 _BY_STATUS: dict[int, type[VisorError]] = {

@@ -1,0 +1,114 @@
+"""An enrollment whose job fails for a reason that is not its image is not reported as a rejected face.
+
+The jobs here are not sent to the Celery worker: the test plays the worker's part itself, in a thread, with
+the service calls the worker makes, while the request waits for the job (an infrastructure outage that lasts
+through every retry, or a subject deleted at just the right time, cannot be staged for real against a live
+worker).
+"""
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from django.db import connections
+
+from identity import services
+from identity.models import Job, Subject
+from tenants.actors import Actor
+from tenants.rls import tenant_transaction
+from tests.face_images import person_image
+from tests.identity.conftest import upload_file
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("jobs_not_dispatched")]
+
+
+@pytest.fixture
+def jobs_not_dispatched(monkeypatch):
+    monkeypatch.setattr(services, "_dispatch_enrollment", lambda job: None)
+
+
+@pytest.fixture
+def subject(tenant_api):
+    gallery = tenant_api.create_gallery()
+    return tenant_api.create_subject(gallery["id"], "emp-1", name="Ada")
+
+
+def _while_waiting(tenant_api, worker: Callable[[Job], None], request: Callable):
+    """The answer of `request`, while a thread runs `worker` on the first job it queues."""
+    tenant_id = tenant_api.tenant.id
+
+    def run_worker():
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with tenant_transaction(tenant_id):
+                    job = Job.objects.first()
+                if job is not None:
+                    worker(job)
+                    return
+                time.sleep(0.05)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run_worker)
+    thread.start()
+    response = request()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    return response
+
+
+def test_an_enrollment_that_failed_on_the_services_side_is_a_503_and_may_be_retried_with_its_key(
+    tenant_api, subject
+):
+    tenant_id = str(tenant_api.tenant.id)
+    path = f"/v1/subjects/{subject['id']}/faces"
+    headers = {"Idempotency-Key": "badge-photo-7"}
+
+    def fail_as_the_task_does_after_its_last_retry(job):
+        services.fail_enrollment_job(job_id=str(job.id), tenant_id=tenant_id, detail="S3 unreachable")
+
+    failed = _while_waiting(
+        tenant_api,
+        fail_as_the_task_does_after_its_last_retry,
+        lambda: tenant_api.post(
+            f"{path}?wait=true", {"image": upload_file(person_image(7))}, headers=headers
+        ),
+    )
+    retried = tenant_api.post(path, {"image": upload_file(person_image(7))}, headers=headers)
+
+    assert failed.status_code == 503
+    assert failed["Content-Type"] == "application/problem+json"
+    assert failed["Retry-After"] == "30"
+    body = failed.json()
+    assert body["type"].endswith("/enrollment-failed")
+    assert "reasons" not in body, "nothing is wrong with the image"
+    assert tenant_api.get(f"/v1/jobs/{body['job_id']}").json()["error"]["reason"] == "INTERNAL_ERROR"
+    assert retried.status_code == 202
+    assert retried.json()["job"]["id"] != body["job_id"], "the retry makes a new job"
+
+
+def test_a_subject_deleted_while_its_enrollment_is_awaited_is_a_404(tenant_api, subject):
+    tenant_id = str(tenant_api.tenant.id)
+
+    def delete_the_subject_then_process_the_job(job):
+        with tenant_transaction(tenant_id):
+            services.delete_subject(
+                tenant=tenant_api.tenant,
+                actor=Actor.system("tests"),
+                subject=Subject.objects.get(id=subject["id"]),
+            )
+        services.process_face_enrollment(job_id=str(job.id), tenant_id=tenant_id)
+
+    response = _while_waiting(
+        tenant_api,
+        delete_the_subject_then_process_the_job,
+        lambda: tenant_api.enroll(subject["id"], person_image(8), timeout=30),
+    )
+
+    assert response.status_code == 404
+    assert response.json()["type"].endswith("/not-found")
+    assert response.json()["detail"] == "The subject does not exist."
+    with tenant_transaction(tenant_id):
+        assert Job.objects.get().error["reason"] == "SUBJECT_DELETED"

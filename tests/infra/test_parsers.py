@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from tests.identity.conftest import make_tenant_api
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api():
+    return make_tenant_api("Acme")
+
+
+def test_a_deeply_nested_json_body_is_a_malformed_request_problem(api):
+    body = "[" * 100_000 + "]" * 100_000
+
+    response = api.post("/v1/galleries", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/malformed-request")
+    assert "nested too deeply" in response.json()["detail"]
+
+
+def test_a_json_body_over_the_limit_is_refused_unread_with_413(api, settings):
+    settings.VISOR_MAX_JSON_BODY_BYTES = 1000
+
+    too_large = api.post("/v1/galleries", {"name": "x" * 1000}, content_type="application/json")
+    within = api.post("/v1/galleries", {"name": "x" * 100}, content_type="application/json")
+
+    assert too_large.status_code == 413
+    assert too_large["Content-Type"] == "application/problem+json"
+    assert too_large.json()["type"].endswith("/request-too-large")
+    assert within.status_code == 201
+
+
+def test_the_json_limit_leaves_room_for_two_base64_images_of_the_largest_size(settings):
+    base64_image = (settings.VISOR_MAX_IMAGE_BYTES + 2) // 3 * 4
+    envelope = json.dumps({"image_base64": "", "image2_base64": "", "threshold": 0.5})
+
+    assert 2 * base64_image + len(envelope) <= settings.VISOR_MAX_JSON_BODY_BYTES
