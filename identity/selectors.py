@@ -82,3 +82,12 @@ def face_counts(*, tenant, gallery: Gallery) -> tuple[int, int]:
         Face.objects.filter(tenant=tenant, gallery=gallery).count(),
         Face.objects.filter(tenant=tenant).count(),
     )
+
+
+def pending_enrollments(*, tenant, gallery: Gallery) -> tuple[int, int]:
+    """(enrollment jobs of the gallery, of the tenant) still queued or running: faces and `enroll` units
+    that quota and capacity checks must count before they exist."""
+    pending = Job.objects.filter(
+        tenant=tenant, kind=Job.Kind.ENROLL_FACE, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
+    )
+    return pending.filter(subject__gallery=gallery).count(), pending.count()

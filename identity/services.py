@@ -282,9 +282,16 @@ def request_face_enrollment(
         if not first_use:
             return selectors.job_get(tenant=tenant, job_id=claim.body["job_id"])
     validate_image(image_bytes=image_bytes)
-    check_quota(tenant=tenant, operation="enroll")
+    # Jobs still queued count as the faces and units they will make: checked only at the stored faces and
+    # the ledger, a client could queue any number of enrollments past its limits before one finished.
+    pending_in_gallery, pending = selectors.pending_enrollments(tenant=tenant, gallery=subject.gallery)
+    check_quota(tenant=tenant, operation="enroll", units=pending + 1)
     gallery_faces, tenant_faces = selectors.face_counts(tenant=tenant, gallery=subject.gallery)
-    check_capacity(tenant=tenant, gallery_faces=gallery_faces + 1, tenant_faces=tenant_faces + 1)
+    check_capacity(
+        tenant=tenant,
+        gallery_faces=gallery_faces + pending_in_gallery + 1,
+        tenant_faces=tenant_faces + pending + 1,
+    )
     job = Job.objects.create(
         tenant=tenant,
         api_key=api_key,

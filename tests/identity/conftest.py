@@ -100,6 +100,14 @@ def other_tenant_api(db) -> TenantApi:
     return make_tenant_api("Globex")
 
 
+@pytest.fixture
+def jobs_not_dispatched(monkeypatch):
+    """Enrollment jobs stay queued: they are never sent to the Celery worker."""
+    from identity import services
+
+    monkeypatch.setattr(services, "_dispatch_enrollment", lambda job: None)
+
+
 def seeded_gallery(*, templates: int, seed: int):
     """(tenant, gallery, bench.seed.SyntheticGallery): a new tenant's gallery of `templates` realistic
     synthetic templates, written as the search benchmark writes them."""

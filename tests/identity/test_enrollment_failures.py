@@ -24,11 +24,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 
 @pytest.fixture
-def jobs_not_dispatched(monkeypatch):
-    monkeypatch.setattr(services, "_dispatch_enrollment", lambda job: None)
-
-
-@pytest.fixture
 def subject(tenant_api):
     gallery = tenant_api.create_gallery()
     return tenant_api.create_subject(gallery["id"], "emp-1", name="Ada")
