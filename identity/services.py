@@ -39,6 +39,7 @@ from identity.problems import (
     SubjectExternalIdConflict,
 )
 from identity.serializers import face_geometry, face_representation
+from tenants.actors import Actor
 from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
 from workers.pipeline.config import RIVAL_FACE_AREA_RATIO, QualityFloors
@@ -806,6 +807,18 @@ def expire_stored_images(*, tenant) -> int:
     expired = Face.objects.filter(tenant=tenant, created_at__lt=cutoff).exclude(image_key="")
     _schedule_image_deletion(tenant=tenant, faces=expired)
     return expired.update(image_key="")
+
+
+def erase_closed_tenant(*, tenant) -> int:
+    """Delete every gallery of a closed tenant, as its own deletions would (templates at once, images through
+    the outbox); returns how many. A closed tenant is closed for good, and a customer who leaves expects their
+    people's faces to leave with them, not to be kept, and billed as stored faces, for ever."""
+    if tenant.status != tenant.Status.CLOSED:
+        raise ValueError(f"tenant {tenant.id} is not closed")
+    galleries = list(Gallery.objects.filter(tenant=tenant))
+    for gallery in galleries:
+        delete_gallery(tenant=tenant, actor=Actor.system("tenant-closure"), gallery=gallery)
+    return len(galleries)
 
 
 def purge_deleted_images(*, tenant_id: str, batch_size: int = 500) -> int:

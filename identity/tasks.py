@@ -77,6 +77,23 @@ def expire_stored_images() -> int:
     return expired
 
 
+@shared_task(name="maintenance.erase_closed_tenants")
+def erase_closed_tenants() -> int:
+    """Beat task: the galleries of closed tenants are deleted, their templates at once and their images
+    through the outbox. Returns how many galleries."""
+    from tenants.models import Tenant
+
+    with operator_transaction():
+        closed = list(
+            Tenant.objects.filter(status=Tenant.Status.CLOSED, id__in=Gallery.objects.values("tenant_id"))
+        )
+    erased = 0
+    for tenant in closed:
+        with tenant_transaction(tenant.id):
+            erased += services.erase_closed_tenant(tenant=tenant)
+    return erased
+
+
 @shared_task(name="maintenance.build_gallery_ann_index")
 def build_gallery_ann_index(*, gallery_id: str, tenant_id: str) -> str:
     connection.ensure_connection()

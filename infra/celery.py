@@ -45,6 +45,7 @@ app.conf.beat_schedule = {
         "schedule": 15 * 60,
     },
     "expire-stored-images": {"task": "maintenance.expire_stored_images", "schedule": 6 * 3600},
+    "erase-closed-tenants": {"task": "maintenance.erase_closed_tenants", "schedule": 10 * 60},
     "snapshot-stored-faces": {"task": "maintenance.snapshot_stored_faces", "schedule": 3600},
     "aggregate-usage": {"task": "maintenance.aggregate_usage", "schedule": 10 * 60},
     # Hourly: the month's invoices are final within an hour of its close, and a missed run catches up.

@@ -177,7 +177,9 @@ class TenantAdmin(admin.ModelAdmin):
     def reactivate_tenants(self, request, queryset):
         self._change_status(request, queryset, services.reactivate_tenant, "Reactivated")
 
-    @admin.action(description="Close the selected tenants for good (revokes all their keys)")
+    @admin.action(
+        description="Close the selected tenants for good (revokes their keys, erases their galleries)"
+    )
     def close_tenants(self, request, queryset):
         self._change_status(request, queryset, services.close_tenant, "Closed")
 

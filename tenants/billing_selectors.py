@@ -59,11 +59,15 @@ def tenant_ids_with_daily_usage(*, day: date) -> set[uuid.UUID]:
 
 
 def stored_face_counts() -> dict[uuid.UUID, int]:
-    """Faces stored now, per tenant that has any. Operator path."""
+    """Faces stored now, per tenant that has any and is not closed (a closed tenant's faces are being erased,
+    and it is billed nothing more for them). Operator path."""
     # By name rather than imported: identity depends on tenants, not the other way round.
     face_model = apps.get_model("identity", "Face")
     return dict(
-        face_model.objects.values("tenant_id").annotate(faces=Count("id")).values_list("tenant_id", "faces")
+        face_model.objects.exclude(tenant__status=Tenant.Status.CLOSED)
+        .values("tenant_id")
+        .annotate(faces=Count("id"))
+        .values_list("tenant_id", "faces")
     )
 
 

@@ -168,7 +168,8 @@ def reactivate_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
 
 @transaction.atomic
 def close_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
-    """Final: the tenant's keys are revoked too, so reopening it could not bring them back."""
+    """Final: the tenant's keys are revoked too, so reopening it could not bring them back. Its stored faces
+    are billed no more, and identity's `erase_closed_tenants` sweep deletes its galleries and images."""
     for api_key in ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True):
         revoke_api_key(api_key=api_key, actor=actor)
     return _change_status(

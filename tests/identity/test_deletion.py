@@ -3,8 +3,12 @@ import time
 import pytest
 
 from identity.models import Face, FaceTemplate, Gallery, PendingObjectDeletion, Subject
+from identity.tasks import erase_closed_tenants
+from tenants.actors import Actor
+from tenants.billing_selectors import stored_face_counts
 from tenants.models import AuditEvent
 from tenants.rls import operator_transaction
+from tenants.services import close_tenant
 from tests.face_images import person_image
 from tests.identity.conftest import bucket_keys
 
@@ -90,3 +94,28 @@ def test_a_deleted_face_is_no_longer_identified(tenant_api, enrolled_face):
     [probe] = response.json()["faces"]
     assert probe["match"] is None
     assert probe["candidates"] == []
+
+
+def test_a_closed_tenant_is_erased_and_billed_no_more_stored_faces(
+    tenant_api, other_tenant_api, enrolled_face
+):
+    other_gallery = other_tenant_api.create_gallery()
+    other_subject = other_tenant_api.create_subject(other_gallery["id"], "emp-1")
+    assert other_tenant_api.enroll(other_subject["id"], person_image(6)).status_code == 201
+    with operator_transaction():
+        close_tenant(tenant=tenant_api.tenant, actor=Actor.system("tests"), reason="contract ended")
+        still_counted = stored_face_counts()
+
+    erased = erase_closed_tenants()
+
+    assert erased == 1
+    assert tenant_api.tenant.id not in still_counted, "billing stops when the tenant closes"
+    assert still_counted[other_tenant_api.tenant.id] == 1
+    with operator_transaction():
+        assert not Gallery.objects.filter(tenant=tenant_api.tenant).exists()
+        assert not FaceTemplate.objects.filter(tenant=tenant_api.tenant).exists()
+        assert FaceTemplate.objects.filter(tenant=other_tenant_api.tenant).exists()
+        assert AuditEvent.objects.filter(action="gallery.deleted", actor_label="tenant-closure").exists()
+    assert _wait_for_purge(f"tenants/{tenant_api.tenant.id}/") == []
+    assert bucket_keys(f"tenants/{other_tenant_api.tenant.id}/")
+    assert erase_closed_tenants() == 0, "nothing is left to erase"
