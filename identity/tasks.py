@@ -123,5 +123,6 @@ def deliver_webhook(self, *, delivery_id: str, tenant_id: str) -> bool:
     try:
         return webhooks.attempt_delivery(delivery_id=delivery_id, tenant_id=tenant_id)
     except webhooks.DeliveryFailed as failure:
-        # 2, 4, 8, ... seconds, capped at an hour: a receiver that is down for a while still gets the event.
-        raise self.retry(exc=failure, countdown=min(3600, 2 ** (self.request.retries + 1))) from failure
+        raise self.retry(
+            exc=failure, countdown=webhooks.RETRY_DELAYS_SECONDS[self.request.retries]
+        ) from failure

@@ -22,7 +22,13 @@ from tenants.rls import operator_transaction, tenant_transaction
 
 SIGNATURE_HEADER = "Visor-Signature"
 DELIVERY_TIMEOUT_SECONDS = 10.0
-MAX_ATTEMPTS = 8
+# How long each retry waits after a failed attempt: seconds at first (a receiver restarting), then every 50
+# minutes, so that an event outlives a receiver that is down for most of a day (23.1 h in all; the doubling
+# from 2 s this replaces gave up after 4 minutes). Never longer: a retry is a message held until its
+# countdown ends, and a Redis broker hands a message not acknowledged within its visibility timeout (an hour,
+# REDIS_VISIBILITY_TIMEOUT_SECONDS) to another worker, which would attempt the delivery again at once.
+RETRY_DELAYS_SECONDS = (2, 10, 60, 5 * 60, 30 * 60) + (50 * 60,) * 27
+MAX_ATTEMPTS = len(RETRY_DELAYS_SECONDS) + 1
 UNATTEMPTED_DELIVERY_AFTER = timedelta(minutes=10)
 UNATTEMPTED_DELIVERIES_PER_SWEEP = 500
 

@@ -181,8 +181,10 @@ SPECTACULAR_SETTINGS = {
 # --- Celery ------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
 REDIS_URL = os.environ.get("REDIS_URL") or None
+# A Redis broker hands a message not acknowledged within this many seconds to another worker.
+REDIS_VISIBILITY_TIMEOUT_SECONDS = 3600
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"visibility_timeout": 3600} if CELERY_BROKER_URL.startswith("redis") else {}
+    {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_SECONDS} if CELERY_BROKER_URL.startswith("redis") else {}
 )
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

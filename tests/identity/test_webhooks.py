@@ -181,3 +181,13 @@ def test_the_sweep_sends_at_most_its_batch_oldest_first(tenant_api, reliable_rec
         [oldest.payload["id"], older.payload["id"]]
     )
     assert _delivery(old.id).dispatched_at == old.dispatched_at
+
+
+def test_a_failing_receiver_is_retried_for_most_of_a_day_and_no_retry_outwaits_the_brokers_redelivery(
+    settings,
+):
+    delays = webhooks.RETRY_DELAYS_SECONDS
+
+    assert delays[0] <= 2, "a receiver that blinked gets the event at once"
+    assert sum(delays) >= 20 * 3600
+    assert max(delays) < settings.REDIS_VISIBILITY_TIMEOUT_SECONDS
