@@ -3,7 +3,7 @@
 from django import forms
 
 from tenants.models import Plan, Scope, Tenant
-from tenants.services import DEFAULT_PLAN_NAME
+from tenants.services import DEFAULT_PLAN_NAME, MAX_KEY_LIFETIME_DAYS
 
 
 class _ScopesField(forms.MultipleChoiceField):
@@ -30,5 +30,8 @@ class ApiKeyIssueForm(forms.Form):
     name = forms.CharField(max_length=100)
     scopes = _ScopesField(initial=[Scope.READ, Scope.ENROLL, Scope.IDENTIFY])
     expires_in_days = forms.IntegerField(
-        min_value=1, required=False, help_text="Empty: the key does not expire."
+        min_value=1,
+        max_value=MAX_KEY_LIFETIME_DAYS,
+        required=False,
+        help_text="Empty: the key does not expire.",
     )

@@ -22,6 +22,8 @@ from tenants.periods import calendar_month
 from tenants.problems import CapacityExceeded, QuotaExceeded
 
 DEFAULT_PLAN_NAME = "developer"
+# The longest an API key may be issued for: ten years (a datetime could not hold millions of days).
+MAX_KEY_LIFETIME_DAYS = 3650
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _PREFIX_ATTEMPTS = 5
 

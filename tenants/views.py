@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 
 from django.http import HttpResponse
@@ -160,7 +161,11 @@ class _InvoiceApi(TenantAPIView):
             if invoice is None:
                 raise NotFound("The invoice does not exist.")
             if invoice.status == Invoice.Status.DRAFT:
-                billing_services.refresh_draft_invoice(tenant=self.tenant, period_start=invoice.period_start)
+                # Finalized since it was read (the hour after its month closes): shown as it now is.
+                with contextlib.suppress(billing_services.InvoiceIsFinal):
+                    billing_services.refresh_draft_invoice(
+                        tenant=self.tenant, period_start=invoice.period_start
+                    )
                 invoice = billing_selectors.invoice_of_tenant(tenant=self.tenant, invoice_id=invoice_id)
         return invoice
 

@@ -182,6 +182,20 @@ def test_issuing_a_key_for_an_existing_tenant(console):
 
 
 @pytest.mark.django_db
+def test_a_key_expiry_beyond_ten_years_is_a_form_error_not_a_crash(console):
+    tenant = make_tenant()
+
+    response = console.post(
+        "/admin/tenants/apikey/add/",
+        {"tenant": tenant.id, "name": "kiosk", "scopes": ["read"], "expires_in_days": "3000000"},
+    )
+
+    assert response.status_code == 200
+    assert "Ensure this value is less than or equal to 3650." in response.content.decode()
+    assert not ApiKey.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.django_db
 def test_keys_cannot_be_edited_or_deleted_only_revoked(console):
     _, raw_key = make_api_key()
     api_key = ApiKey.objects.get(prefix=split_key(raw_key)[0])

@@ -1,9 +1,11 @@
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
+from tenants import billing_services
 from tenants.billing_services import rebuild_daily_usage
+from tenants.periods import calendar_month
 from tenants.rls import tenant_transaction
 from tests.tenants.billing_helpers import record_usage_at
 from tests.tenants.factories import api_client_for, make_api_key
@@ -102,6 +104,25 @@ def test_invoices_list_this_months_draft_and_serve_it_as_json_and_csv():
     csv_lines = csv_response.content.decode().splitlines()
     assert csv_lines[0] == "operation,units,included,billable,unit_price_per_1000,amount"
     assert csv_lines[-1] == "total,,,,,0.00"
+
+
+@pytest.mark.django_db
+def test_an_invoice_finalized_while_it_is_being_read_is_served_final(monkeypatch):
+    tenant, raw_key = make_api_key(scopes=["read"])
+    last_month = calendar_month(calendar_month(timezone.now()).start - timedelta(days=1))
+    with tenant_transaction(tenant.id):
+        draft = billing_services.refresh_draft_invoice(tenant=tenant, period_start=last_month.start)
+    refresh = billing_services.refresh_draft_invoice
+
+    def finalized_just_before(*, tenant, period_start):
+        billing_services.finalize_invoice(tenant=tenant, period_start=period_start, now=timezone.now())
+        return refresh(tenant=tenant, period_start=period_start)
+
+    monkeypatch.setattr(billing_services, "refresh_draft_invoice", finalized_just_before)
+    response = api_client_for(raw_key).get(f"/v1/invoices/{draft.id}")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "final"
 
 
 @pytest.mark.django_db

@@ -78,6 +78,15 @@ def test_create_api_key_issues_a_key_with_the_given_scopes_and_expiry():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("days", ["0", "3651", "3000000"])
+def test_create_api_key_refuses_an_expiry_outside_one_day_to_ten_years(days):
+    tenant = make_tenant()
+
+    with pytest.raises(CommandError, match="from 1 to 3650"):
+        _run("create_api_key", "--tenant", tenant.slug, "--name", "n", "--expires-in-days", days)
+
+
+@pytest.mark.django_db
 def test_create_api_key_finds_the_tenant_by_id_and_refuses_unknown_scopes():
     tenant = make_tenant()
 

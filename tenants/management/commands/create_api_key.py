@@ -29,8 +29,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         days = options["expires_in_days"]
-        if days is not None and days < 1:
-            raise CommandError("--expires-in-days must be at least 1.")
+        if days is not None and not 1 <= days <= services.MAX_KEY_LIFETIME_DAYS:
+            raise CommandError(f"--expires-in-days must be from 1 to {services.MAX_KEY_LIFETIME_DAYS}.")
         with operator_transaction():
             try:
                 issued = services.create_api_key(
