@@ -165,14 +165,18 @@ def test_rotating_keys_from_the_console_shows_each_replacement_once(console):
     assert [api_client_for(key).get("/v1/tenant").status_code for key in replacements] == [200, 200]
 
 
+def _issue_read_key(console, tenant, *, expires_in_days: str):
+    return console.post(
+        "/admin/tenants/apikey/add/",
+        {"tenant": tenant.id, "name": "kiosk", "scopes": ["read"], "expires_in_days": expires_in_days},
+    )
+
+
 @pytest.mark.django_db
 def test_issuing_a_key_for_an_existing_tenant(console):
     tenant = make_tenant()
 
-    response = console.post(
-        "/admin/tenants/apikey/add/",
-        {"tenant": tenant.id, "name": "kiosk", "scopes": ["read"], "expires_in_days": "90"},
-    )
+    response = _issue_read_key(console, tenant, expires_in_days="90")
 
     [raw_key] = _issued_keys(response)
     api_key = ApiKey.objects.get(prefix=split_key(raw_key)[0])
@@ -185,10 +189,7 @@ def test_issuing_a_key_for_an_existing_tenant(console):
 def test_a_key_expiry_beyond_ten_years_is_a_form_error_not_a_crash(console):
     tenant = make_tenant()
 
-    response = console.post(
-        "/admin/tenants/apikey/add/",
-        {"tenant": tenant.id, "name": "kiosk", "scopes": ["read"], "expires_in_days": "3000000"},
-    )
+    response = _issue_read_key(console, tenant, expires_in_days="3000000")
 
     assert response.status_code == 200
     assert "Ensure this value is less than or equal to 3650." in response.content.decode()
