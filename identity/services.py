@@ -14,7 +14,7 @@ from datetime import timedelta
 import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -96,6 +96,7 @@ def update_gallery(
 
 @transaction.atomic
 def delete_gallery(*, tenant, actor, gallery: Gallery) -> None:
+    _lock_for_deletion(Gallery, gallery.id)
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, gallery=gallery))
     had_ann_index = bool(gallery.ann_index_name)
     gallery_id = gallery.id
@@ -170,6 +171,7 @@ def update_subject(
 
 @transaction.atomic
 def delete_subject(*, tenant, actor, subject: Subject) -> None:
+    _lock_for_deletion(Subject, subject.id)
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, subject=subject))
     subject_id = subject.id
     # A concurrent delete of the same subject may have removed it already: count only what this one did.
@@ -330,6 +332,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             return job
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
         job.save(update_fields=["status", "started_at", "attempts"])
+        subject_id = job.subject_id
         image_bytes, largest = bytes(job.input_image or b""), bool(job.options.get("largest"))
         quality_filter = QualityFilter(job.options.get("quality_filter", QualityFilter.AUTO))
         gallery_version = (
@@ -365,6 +368,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
     face_id = uuid.uuid5(uuid.UUID(job_id), "face")
     with tenant_transaction(tenant_id):
+        _hold_off_deletion(subject_id=subject_id)
         job = (
             Job.objects.select_for_update(of=("self",))
             .select_related("tenant", "subject")
@@ -401,6 +405,26 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             idempotency_key=f"job:{job_id}",
         )
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=face, error=None)
+
+
+def _hold_off_deletion(*, subject_id: uuid.UUID | None) -> None:
+    """Share-lock the subject and its gallery until the caller's transaction ends. Their deletions take the
+    row's update lock before they read which images to delete (`_lock_for_deletion`), so a deletion waits for
+    a face being added and then deletes its image too, and an enrollment that comes second finds the subject
+    gone. Taken before the job's row lock: a deletion's cascade reaches the job after the subject's lock."""
+    if subject_id is None:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {Subject._meta.db_table} s JOIN {Gallery._meta.db_table} g ON g.id = s.gallery_id"
+            " WHERE s.id = %s FOR SHARE OF s, g",
+            [subject_id],
+        )
+
+
+def _lock_for_deletion(model, object_id) -> None:
+    """The row's update lock: see `_hold_off_deletion`."""
+    list(model.objects.select_for_update().filter(id=object_id).values_list("id", flat=True))
 
 
 def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
