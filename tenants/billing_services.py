@@ -29,13 +29,15 @@ class MonthNotClosed(Exception):
 # --- Stored faces ----------------------------------------------------------------------------------------
 
 
-def record_stored_faces_snapshot() -> int:
+def record_stored_faces_snapshot(*, now: datetime | None = None) -> int:
     """Meter every tenant's stored faces as face-days of today (UTC); returns how many tenants were metered.
 
     Call it on the operator path. Keyed by the day, so only the first snapshot of a day counts and running it
-    hourly is harmless; a day on which it never runs is not billed.
+    hourly is harmless; a day on which it never runs is not billed. Every record is dated at the snapshot's
+    start, the day of its key: a run still writing after midnight must not bill that day to the next month.
     """
-    today = timezone.now().astimezone(UTC).date()
+    now = now or timezone.now()
+    today = now.astimezone(UTC).date()
     counts = billing_selectors.stored_face_counts()
     tenants = Tenant.objects.in_bulk(list(counts))
     metered = 0
@@ -46,6 +48,7 @@ def record_stored_faces_snapshot() -> int:
             operation="stored_face_months",
             units=faces,
             idempotency_key=f"snapshot:{today.isoformat()}",
+            at=now,
         )
     return metered
 

@@ -297,11 +297,19 @@ def mark_api_key_used(*, api_key: ApiKey, now: datetime) -> None:
 
 
 def record_usage(
-    *, tenant: Tenant, api_key: ApiKey | None, operation: str, units: int, idempotency_key: str
+    *,
+    tenant: Tenant,
+    api_key: ApiKey | None,
+    operation: str,
+    units: int,
+    idempotency_key: str,
+    at: datetime | None = None,
 ) -> bool:
     """Meter `units` of `operation` once per idempotency key; False when that key was already counted.
 
-    Run it inside the tenant's transaction (row-level security checks the row's tenant).
+    `at` dates the record (the day it is billed in): now, unless the usage belongs to a moment already past,
+    such as a snapshot's day. Run it inside the tenant's transaction (row-level security checks the row's
+    tenant).
     """
     operation = Operation(operation).value
     with connection.cursor() as cursor:
@@ -313,7 +321,14 @@ def record_usage(
             ON CONFLICT (tenant_id, operation, idempotency_key) DO NOTHING
             RETURNING id
             """,
-            [tenant.id, api_key.id if api_key else None, operation, units, idempotency_key, timezone.now()],
+            [
+                tenant.id,
+                api_key.id if api_key else None,
+                operation,
+                units,
+                idempotency_key,
+                at or timezone.now(),
+            ],
         )
         return cursor.fetchone() is not None
 

@@ -16,6 +16,7 @@ from tenants.billing_services import (
     InvoiceIsFinal,
     finalize_closed_invoices,
     finalize_invoice,
+    record_stored_faces_snapshot,
     refresh_draft_invoice,
 )
 from tenants.exporters import invoice_document, invoice_file_stem
@@ -115,6 +116,21 @@ def test_the_snapshot_meters_each_tenants_stored_faces_once_per_utc_day(celery_w
     key = f"snapshot:{_today().isoformat()}"
     # Face-days, without an API key (no key caused them); a tenant without faces has no record.
     assert records == {(acme.tenant.id, 2, key, None), (globex.tenant.id, 1, key, None)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_snapshot_still_writing_after_midnight_bills_its_own_day(celery_worker):
+    acme = make_tenant_api("Acme", store_images=False)
+    subject = acme.create_subject(acme.create_gallery()["id"], "emp-1")
+    assert acme.enroll(subject["id"], person_image(1)).status_code == 201
+    started = datetime(2026, 3, 31, 23, 59, 59, 900000, tzinfo=UTC)
+
+    with operator_transaction():
+        record_stored_faces_snapshot(now=started)
+        record = UsageRecord.objects.get(operation="stored_face_months")
+
+    assert record.idempotency_key == "snapshot:2026-03-31"
+    assert record.created_at == started, "in March, whenever the insert ran"
 
 
 # --- Daily aggregates -------------------------------------------------------------------------------------
