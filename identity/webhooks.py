@@ -88,8 +88,11 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
     }
     attempt = {"at": timezone.now().isoformat()}
     try:
-        response = httpx.post(delivery.url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS)
-        attempt["status_code"] = response.status_code
+        # Only the status is read: a receiver's body, however large or endless, cannot hold the worker.
+        with httpx.stream(
+            "POST", delivery.url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
+        ) as response:
+            attempt["status_code"] = response.status_code
         delivered = 200 <= response.status_code < 300
     except httpx.HTTPError as error:
         attempt["error"] = f"{type(error).__name__}: {error}"[:500]

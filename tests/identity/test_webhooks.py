@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import hmac
 import json
@@ -5,7 +6,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
@@ -19,9 +20,10 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 
 class Receiver:
-    """A webhook endpoint on loopback that fails the first `failures` deliveries."""
+    """A webhook endpoint on loopback that fails the first `failures` deliveries; with `endless_body` it
+    accepts each one with a 200 whose body never ends."""
 
-    def __init__(self, failures: int = 0):
+    def __init__(self, failures: int = 0, *, endless_body: bool = False):
         self.failures = failures
         self.received: list[tuple[dict, bytes]] = []
         receiver = self
@@ -32,6 +34,15 @@ class Receiver:
                 if receiver.failures > 0:
                     receiver.failures -= 1
                     self.send_response(503)
+                elif endless_body:
+                    receiver.received.append((dict(self.headers), body))
+                    self.send_response(200)
+                    self.end_headers()
+                    with contextlib.suppress(OSError):  # the client hangs up
+                        while True:
+                            self.wfile.write(b"x" * 65536)
+                            time.sleep(0.01)
+                    return
                 else:
                     receiver.received.append((dict(self.headers), body))
                     self.send_response(204)
@@ -40,7 +51,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -125,6 +136,19 @@ def test_the_event_is_recorded_in_the_transaction_that_finishes_the_job(tenant_a
     assert delivery.event_type == "job.succeeded"
     assert delivery.payload["data"]["job"]["result"]["face"]["id"] == response.json()["id"]
     assert len(reliable_receiver.wait_for(1)) == 1
+
+
+def test_a_receiver_whose_answer_never_ends_does_not_hold_the_worker(tenant_api):
+    endless = Receiver(endless_body=True)
+    _set_webhook(tenant_api.tenant, endless.url)
+    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
+
+    assert tenant_api.enroll(subject["id"], person_image(63)).status_code == 201
+    delivery = _settled_delivery(tenant=tenant_api.tenant)
+
+    endless.server.shutdown()
+    assert delivery.status == "delivered"
+    assert [attempt.get("status_code") for attempt in delivery.attempts] == [200]
 
 
 def test_a_tenant_without_a_webhook_gets_no_events(tenant_api):
