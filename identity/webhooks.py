@@ -77,7 +77,17 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
         delivery = WebhookDelivery.objects.select_related("tenant").get(id=delivery_id, tenant_id=tenant_id)
         if delivery.status != WebhookDelivery.Status.PENDING:
             return delivery.status == WebhookDelivery.Status.DELIVERED
-        secret = delivery.tenant.webhook_secret
+        # The tenant's webhook as it is now, like its secret: a URL fixed or removed while an event waits for
+        # its next retry is where that retry goes, or the event is not sent at all.
+        url, secret = delivery.tenant.webhook_url, delivery.tenant.webhook_secret
+        if not url:
+            delivery.attempts = [
+                *delivery.attempts,
+                {"at": timezone.now().isoformat(), "error": "webhook removed"},
+            ]
+            delivery.status = WebhookDelivery.Status.FAILED
+            delivery.save(update_fields=["attempts", "status"])
+            return False
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
     timestamp = int(time.time())
     headers = {
@@ -86,11 +96,11 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
         "Visor-Event-Id": delivery.payload["id"],
         "User-Agent": "Visor-Webhooks/1",
     }
-    attempt = {"at": timezone.now().isoformat()}
+    attempt = {"at": timezone.now().isoformat(), "url": url}
     try:
         # Only the status is read: a receiver's body, however large or endless, cannot hold the worker.
         with httpx.stream(
-            "POST", delivery.url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
+            "POST", url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
         ) as response:
             attempt["status_code"] = response.status_code
         delivered = 200 <= response.status_code < 300

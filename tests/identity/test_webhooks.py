@@ -151,6 +151,52 @@ def test_a_receiver_whose_answer_never_ends_does_not_hold_the_worker(tenant_api)
     assert [attempt.get("status_code") for attempt in delivery.attempts] == [200]
 
 
+def test_a_retry_goes_to_the_webhook_as_the_tenant_has_it_now(tenant_api, reliable_receiver):
+    broken = Receiver(failures=2)
+    _set_webhook(tenant_api.tenant, broken.url)
+    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
+    assert tenant_api.enroll(subject["id"], person_image(7)).status_code == 201
+    deadline = time.monotonic() + 30
+    while not _delivery_attempts(tenant_api.tenant) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    _set_webhook(tenant_api.tenant, reliable_receiver.url)  # fixed before the first retry (2 s, then 10 s)
+    [(_, body)] = reliable_receiver.wait_for(1)
+    delivery = _settled_delivery(tenant=tenant_api.tenant)
+
+    broken.server.shutdown()
+    assert json.loads(body)["type"] == "job.succeeded"
+    assert delivery.status == "delivered"
+    assert delivery.attempts[0]["url"] == broken.url
+    assert delivery.attempts[-1]["url"] == reliable_receiver.url
+
+
+def test_an_event_waiting_for_a_retry_is_dropped_when_the_webhook_is_removed(tenant_api):
+    broken = Receiver(failures=1)
+    _set_webhook(tenant_api.tenant, broken.url)
+    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
+    assert tenant_api.enroll(subject["id"], person_image(8)).status_code == 201
+    deadline = time.monotonic() + 30
+    while not _delivery_attempts(tenant_api.tenant) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    _set_webhook(tenant_api.tenant, "")
+    delivery = _settled_delivery(tenant=tenant_api.tenant)
+
+    broken.server.shutdown()
+    assert delivery.status == "failed"
+    assert [attempt.get("status_code", attempt.get("error")) for attempt in delivery.attempts] == [
+        503,
+        "webhook removed",
+    ]
+    assert broken.received == []
+
+
+def _delivery_attempts(tenant) -> list:
+    with operator_transaction():
+        return WebhookDelivery.objects.get(tenant=tenant).attempts
+
+
 def test_a_tenant_without_a_webhook_gets_no_events(tenant_api):
     subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
 
@@ -161,6 +207,8 @@ def test_a_tenant_without_a_webhook_gets_no_events(tenant_api):
 
 
 def _unattempted_delivery(tenant, url: str, *, dispatched_minutes_ago: float) -> WebhookDelivery:
+    """A delivery of an event to the tenant's webhook `url` whose task was sent and never ran."""
+    _set_webhook(tenant, url)
     event_id = str(uuid.uuid4())
     with operator_transaction():
         return WebhookDelivery.objects.create(
