@@ -152,13 +152,7 @@ def test_a_receiver_whose_answer_never_ends_does_not_hold_the_worker(tenant_api)
 
 
 def test_a_retry_goes_to_the_webhook_as_the_tenant_has_it_now(tenant_api, reliable_receiver):
-    broken = Receiver(failures=2)
-    _set_webhook(tenant_api.tenant, broken.url)
-    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
-    assert tenant_api.enroll(subject["id"], person_image(7)).status_code == 201
-    deadline = time.monotonic() + 30
-    while not _delivery_attempts(tenant_api.tenant) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    broken = _event_failed_once_at(Receiver(failures=2), tenant_api, seed=7)
 
     _set_webhook(tenant_api.tenant, reliable_receiver.url)  # fixed before the first retry (2 s, then 10 s)
     [(_, body)] = reliable_receiver.wait_for(1)
@@ -172,13 +166,7 @@ def test_a_retry_goes_to_the_webhook_as_the_tenant_has_it_now(tenant_api, reliab
 
 
 def test_an_event_waiting_for_a_retry_is_dropped_when_the_webhook_is_removed(tenant_api):
-    broken = Receiver(failures=1)
-    _set_webhook(tenant_api.tenant, broken.url)
-    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
-    assert tenant_api.enroll(subject["id"], person_image(8)).status_code == 201
-    deadline = time.monotonic() + 30
-    while not _delivery_attempts(tenant_api.tenant) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    broken = _event_failed_once_at(Receiver(failures=1), tenant_api, seed=8)
 
     _set_webhook(tenant_api.tenant, "")
     delivery = _settled_delivery(tenant=tenant_api.tenant)
@@ -190,6 +178,17 @@ def test_an_event_waiting_for_a_retry_is_dropped_when_the_webhook_is_removed(ten
         "webhook removed",
     ]
     assert broken.received == []
+
+
+def _event_failed_once_at(broken: Receiver, tenant_api, *, seed: int) -> Receiver:
+    """`broken`, once it has refused the first attempt to deliver the event of an enrollment."""
+    _set_webhook(tenant_api.tenant, broken.url)
+    subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
+    assert tenant_api.enroll(subject["id"], person_image(seed)).status_code == 201
+    deadline = time.monotonic() + 30
+    while not _delivery_attempts(tenant_api.tenant) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return broken
 
 
 def _delivery_attempts(tenant) -> list:
