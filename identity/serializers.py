@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from identity.matching import Candidate
 from identity.models import Face, Gallery, Job, QualityFilter, Subject
+from infra.parsers import MAX_JSON_DEPTH, json_depth
 
 
 def unstorable_text(value) -> str | None:
@@ -38,10 +39,25 @@ class GalleryUpdateSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
 
+class MetadataField(serializers.JSONField):
+    """A JSON object, also when a form sends it as text, which DRF parses without the JSON body's depth limit
+    (infra.parsers)."""
+
+    def to_internal_value(self, data):
+        too_deep = serializers.ValidationError(f"metadata may nest at most {MAX_JSON_DEPTH} levels deep.")
+        try:
+            value = super().to_internal_value(data)
+        except RecursionError:
+            raise too_deep from None
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise too_deep
+        return value
+
+
 class SubjectCreateSerializer(serializers.Serializer):
     external_id = serializers.CharField(max_length=200)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    metadata = serializers.JSONField(required=False, default=dict)
+    metadata = MetadataField(required=False, default=dict)
 
     def validate_metadata(self, value):
         if not isinstance(value, dict):
@@ -55,7 +71,7 @@ class SubjectCreateSerializer(serializers.Serializer):
 class SubjectUpdateSerializer(SubjectCreateSerializer):
     external_id = serializers.CharField(max_length=200, required=False)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    metadata = serializers.JSONField(required=False)
+    metadata = MetadataField(required=False)
 
 
 class EnrollOptionsSerializer(serializers.Serializer):

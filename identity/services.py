@@ -39,7 +39,6 @@ from identity.problems import (
     SubjectExternalIdConflict,
 )
 from identity.serializers import face_geometry, face_representation
-from tenants.actors import Actor
 from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
 from workers.pipeline.config import RIVAL_FACE_AREA_RATIO, QualityFloors
@@ -96,7 +95,7 @@ def update_gallery(
 
 @transaction.atomic
 def delete_gallery(*, tenant, actor, gallery: Gallery) -> None:
-    _lock_for_deletion(Gallery, gallery.id)
+    _lock_for_deletion(model=Gallery, object_id=gallery.id)
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, gallery=gallery))
     had_ann_index = bool(gallery.ann_index_name)
     gallery_id = gallery.id
@@ -171,7 +170,9 @@ def update_subject(
 
 @transaction.atomic
 def delete_subject(*, tenant, actor, subject: Subject) -> None:
-    _lock_for_deletion(Subject, subject.id)
+    # The gallery first, as everywhere (`_hold_off_deletion`): a gallery's deletion cascades to its subjects.
+    _key_share_lock(model=Gallery, object_id=subject.gallery_id)
+    _lock_for_deletion(model=Subject, object_id=subject.id)
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, subject=subject))
     subject_id = subject.id
     # A concurrent delete of the same subject may have removed it already: count only what this one did.
@@ -408,21 +409,25 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
 
 def _hold_off_deletion(*, subject_id: uuid.UUID | None) -> None:
-    """Share-lock the subject and its gallery until the caller's transaction ends. Their deletions take the
-    row's update lock before they read which images to delete (`_lock_for_deletion`), so a deletion waits for
-    a face being added and then deletes its image too, and an enrollment that comes second finds the subject
-    gone. Taken before the job's row lock: a deletion's cascade reaches the job after the subject's lock."""
-    if subject_id is None:
+    """Key-share-lock the subject's gallery, then the subject, until the caller's transaction ends (what the
+    face's foreign keys would lock at its insert, taken before the image is written). A deletion takes the
+    row's update lock before it reads which images to delete (`_lock_for_deletion`), so it waits for a face
+    being added and then deletes its image too, and an enrollment that comes second finds the subject gone.
+    Every path takes the gallery before the subject and both before the job, so none waits on another; a key
+    share lock leaves the rows' ordinary updates (face and subject counts) free."""
+    gallery_id = Subject.objects.filter(id=subject_id).values_list("gallery_id", flat=True).first()
+    if gallery_id is None:
         return
+    _key_share_lock(model=Gallery, object_id=gallery_id)
+    _key_share_lock(model=Subject, object_id=subject_id)
+
+
+def _key_share_lock(*, model, object_id) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {Subject._meta.db_table} s JOIN {Gallery._meta.db_table} g ON g.id = s.gallery_id"
-            " WHERE s.id = %s FOR SHARE OF s, g",
-            [subject_id],
-        )
+        cursor.execute(f"SELECT 1 FROM {model._meta.db_table} WHERE id = %s FOR KEY SHARE", [object_id])
 
 
-def _lock_for_deletion(model, object_id) -> None:
+def _lock_for_deletion(*, model, object_id) -> None:
     """The row's update lock: see `_hold_off_deletion`."""
     list(model.objects.select_for_update().filter(id=object_id).values_list("id", flat=True))
 
@@ -833,7 +838,7 @@ def expire_stored_images(*, tenant) -> int:
     return expired.update(image_key="")
 
 
-def erase_closed_tenant(*, tenant) -> int:
+def erase_closed_tenant(*, tenant, actor) -> int:
     """Delete every gallery of a closed tenant, as its own deletions would (templates at once, images through
     the outbox); returns how many. A closed tenant is closed for good, and a customer who leaves expects their
     people's faces to leave with them, not to be kept, and billed as stored faces, for ever."""
@@ -841,7 +846,7 @@ def erase_closed_tenant(*, tenant) -> int:
         raise ValueError(f"tenant {tenant.id} is not closed")
     galleries = list(Gallery.objects.filter(tenant=tenant))
     for gallery in galleries:
-        delete_gallery(tenant=tenant, actor=Actor.system("tenant-closure"), gallery=gallery)
+        delete_gallery(tenant=tenant, actor=actor, gallery=gallery)
     return len(galleries)
 
 

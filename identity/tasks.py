@@ -7,6 +7,7 @@ from django.db import connection
 
 from identity import search, services, webhooks
 from identity.models import Gallery, PendingObjectDeletion
+from tenants.actors import Actor
 from tenants.rls import operator_transaction, tenant_transaction
 
 
@@ -90,7 +91,7 @@ def erase_closed_tenants() -> int:
     erased = 0
     for tenant in closed:
         with tenant_transaction(tenant.id):
-            erased += services.erase_closed_tenant(tenant=tenant)
+            erased += services.erase_closed_tenant(tenant=tenant, actor=Actor.system("tenant-closure"))
     return erased
 
 

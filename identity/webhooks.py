@@ -1,4 +1,5 @@
-"""Webhook events for finished jobs: signed, retried with exponential backoff, every attempt recorded.
+"""Webhook events for finished jobs: signed, retried for 23 hours (RETRY_DELAYS_SECONDS), every attempt
+recorded. Each attempt goes to the tenant's webhook as it is then, signed with its secret as it is then.
 
 Signature: header `Visor-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.
 Receivers recompute it over the raw body and refuse timestamps outside their replay window (the SDK's
@@ -28,6 +29,7 @@ DELIVERY_TIMEOUT_SECONDS = 10.0
 # countdown ends, and a Redis broker hands a message not acknowledged within its visibility timeout (an hour,
 # REDIS_VISIBILITY_TIMEOUT_SECONDS) to another worker, which would attempt the delivery again at once.
 RETRY_DELAYS_SECONDS = (2, 10, 60, 5 * 60, 30 * 60) + (50 * 60,) * 27
+# The attempt that ends a delivery as failed; `deliver_webhook` indexes the delays by retries up to it.
 MAX_ATTEMPTS = len(RETRY_DELAYS_SECONDS) + 1
 UNATTEMPTED_DELIVERY_AFTER = timedelta(minutes=10)
 UNATTEMPTED_DELIVERIES_PER_SWEEP = 500

@@ -1,7 +1,7 @@
 """JSON request bodies, refused with a clear 4xx problem where DRF's JSONParser would end in a 500.
 
 DRF's parser reads a body of any size (Django's DATA_UPLOAD_MAX_MEMORY_SIZE guards `request.body`, which
-DRF bypasses) and lets a deeply nested document raise RecursionError.
+DRF bypasses) and lets a deeply nested document raise RecursionError, there or later.
 """
 
 import io
@@ -11,6 +11,23 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from infra.problems import Problem
+
+# No request of the API needs more; deeper documents parse, but then fail Python's recursion limit wherever
+# they are encoded again (validation, storage, the answer).
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value) -> int:
+    """How many objects and arrays a parsed JSON value nests (a scalar 0, `[]` 1), found without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, outer = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, outer + 1)
+            pending.extend(
+                (child, outer + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 class RequestTooLarge(Problem):
@@ -26,6 +43,13 @@ class ApiJSONParser(JSONParser):
         if len(body) > limit:
             raise RequestTooLarge(f"A JSON request body may hold at most {limit} bytes.")
         try:
-            return super().parse(io.BytesIO(body), media_type, parser_context)
+            data = super().parse(io.BytesIO(body), media_type, parser_context)
         except RecursionError:
-            raise ParseError("JSON parse error - the document is nested too deeply.") from None
+            raise _nested_too_deeply() from None
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise _nested_too_deeply()
+        return data
+
+
+def _nested_too_deeply() -> ParseError:
+    return ParseError(f"JSON parse error - the document is nested more than {MAX_JSON_DEPTH} levels deep.")

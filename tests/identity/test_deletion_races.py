@@ -1,4 +1,4 @@
-"""A subject deleted while an enrollment is adding a face to it leaves neither the face nor its image.
+"""A subject or gallery deleted while an enrollment adds a face to it leaves neither the face nor its image.
 
 The enrollment is run by the test, in a thread, with the service call the worker makes, and held just after
 it has written the image (its transaction still open) while the deletion is sent: the moment a live worker
@@ -55,8 +55,9 @@ def _in_thread(target) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def test_a_subject_deleted_while_its_face_is_being_stored_leaves_no_face_and_no_image(
-    tenant_api, monkeypatch
+@pytest.mark.parametrize("deleted", ["subject", "gallery"])
+def test_a_subject_or_gallery_deleted_while_a_face_is_being_stored_leaves_no_face_and_no_image(
+    tenant_api, monkeypatch, deleted
 ):
     gallery = tenant_api.create_gallery()
     subject = tenant_api.create_subject(gallery["id"], "emp-1")
@@ -67,13 +68,15 @@ def test_a_subject_deleted_while_its_face_is_being_stored_leaves_no_face_and_no_
 
     enrollment, _ = _in_thread(lambda: services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id))
     assert storage.saved.wait(60), "the enrollment never wrote its image"
-    deletion, deleted = _in_thread(lambda: tenant_api.delete(f"/v1/subjects/{subject['id']}"))
+    path = f"/v1/subjects/{subject['id']}" if deleted == "subject" else f"/v1/galleries/{gallery['id']}"
+    deletion, answer = _in_thread(lambda: tenant_api.delete(path))
     time.sleep(1)  # the deletion reaches the database while the face is still being stored
+    assert deletion.is_alive(), "the deletion waits for the face being stored"
     storage.release.set()
     enrollment.join(60)
     deletion.join(60)
 
-    assert deleted["value"].status_code == 204
+    assert answer["value"].status_code == 204
     with operator_transaction():
         assert not Face.objects.filter(tenant_id=tenant_id).exists()
         assert Job.objects.get(id=job_id).status == Job.Status.SUCCEEDED

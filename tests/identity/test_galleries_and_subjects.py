@@ -188,6 +188,19 @@ def test_subject_metadata_that_postgresql_cannot_store_is_a_validation_problem(t
     assert tenant_api.get(f"/v1/galleries/{gallery['id']}/subjects").json()["data"] == [subject]
 
 
+@pytest.mark.parametrize("depth", [40, 5000])  # past the limit; past Python's recursion limit
+def test_subject_metadata_sent_by_form_nested_past_the_limit_is_a_validation_problem(tenant_api, depth):
+    gallery = tenant_api.create_gallery()
+    metadata = '{"badge": ' + "[" * depth + "]" * depth + "}"
+
+    response = tenant_api.post(
+        f"/v1/galleries/{gallery['id']}/subjects", {"external_id": "emp-1", "metadata": metadata}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"]["metadata"] == ["metadata may nest at most 32 levels deep."]
+
+
 def test_an_external_id_filter_with_a_nul_character_is_a_validation_problem(tenant_api):
     gallery = tenant_api.create_gallery()
 

@@ -21,11 +21,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 class Receiver:
     """A webhook endpoint on loopback that fails the first `failures` deliveries; with `endless_body` it
-    accepts each one with a 200 whose body never ends."""
+    accepts each one with a 200 whose body never ends. A refusal is answered once `answer_refusals` is set
+    (at once unless the test clears it), and `refusing` is set while one waits."""
 
     def __init__(self, failures: int = 0, *, endless_body: bool = False):
         self.failures = failures
         self.received: list[tuple[dict, bytes]] = []
+        self.refusing, self.answer_refusals = threading.Event(), threading.Event()
+        self.answer_refusals.set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,6 +36,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if receiver.failures > 0:
                     receiver.failures -= 1
+                    receiver.refusing.set()
+                    receiver.answer_refusals.wait(30)
                     self.send_response(503)
                 elif endless_body:
                     receiver.received.append((dict(self.headers), body))
@@ -152,9 +157,9 @@ def test_a_receiver_whose_answer_never_ends_does_not_hold_the_worker(tenant_api)
 
 
 def test_a_retry_goes_to_the_webhook_as_the_tenant_has_it_now(tenant_api, reliable_receiver):
-    broken = _event_failed_once_at(Receiver(failures=2), tenant_api, seed=7)
-
-    _set_webhook(tenant_api.tenant, reliable_receiver.url)  # fixed before the first retry (2 s, then 10 s)
+    broken = Receiver(failures=1)
+    with _first_attempt_refused_by(broken, tenant_api, seed=7):
+        _set_webhook(tenant_api.tenant, reliable_receiver.url)
     [(_, body)] = reliable_receiver.wait_for(1)
     delivery = _settled_delivery(tenant=tenant_api.tenant)
 
@@ -166,9 +171,9 @@ def test_a_retry_goes_to_the_webhook_as_the_tenant_has_it_now(tenant_api, reliab
 
 
 def test_an_event_waiting_for_a_retry_is_dropped_when_the_webhook_is_removed(tenant_api):
-    broken = _event_failed_once_at(Receiver(failures=1), tenant_api, seed=8)
-
-    _set_webhook(tenant_api.tenant, "")
+    broken = Receiver(failures=1)
+    with _first_attempt_refused_by(broken, tenant_api, seed=8):
+        _set_webhook(tenant_api.tenant, "")
     delivery = _settled_delivery(tenant=tenant_api.tenant)
 
     broken.server.shutdown()
@@ -180,20 +185,19 @@ def test_an_event_waiting_for_a_retry_is_dropped_when_the_webhook_is_removed(ten
     assert broken.received == []
 
 
-def _event_failed_once_at(broken: Receiver, tenant_api, *, seed: int) -> Receiver:
-    """`broken`, once it has refused the first attempt to deliver the event of an enrollment."""
+@contextlib.contextmanager
+def _first_attempt_refused_by(broken: Receiver, tenant_api, *, seed: int):
+    """Inside: the first attempt to deliver an enrollment's event has reached `broken`, which answers it
+    (503) when the block ends, so that what the block changes is in place before any retry."""
+    broken.answer_refusals.clear()
     _set_webhook(tenant_api.tenant, broken.url)
     subject = tenant_api.create_subject(tenant_api.create_gallery()["id"], "emp-1")
     assert tenant_api.enroll(subject["id"], person_image(seed)).status_code == 201
-    deadline = time.monotonic() + 30
-    while not _delivery_attempts(tenant_api.tenant) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return broken
-
-
-def _delivery_attempts(tenant) -> list:
-    with operator_transaction():
-        return WebhookDelivery.objects.get(tenant=tenant).attempts
+    assert broken.refusing.wait(30), "the event never reached the receiver"
+    try:
+        yield
+    finally:
+        broken.answer_refusals.set()
 
 
 def test_a_tenant_without_a_webhook_gets_no_events(tenant_api):
