@@ -38,6 +38,8 @@ from infra.parsers import ApiJSONParser
 from tenants.views import TenantAPIView
 
 JOB_POLL_INTERVAL_SECONDS = 0.1
+# Routes that take an image: a multipart upload or JSON with base64 (an urlencoded form cannot carry one).
+IMAGE_PARSERS = [MultiPartParser, ApiJSONParser]
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
@@ -209,7 +211,7 @@ class SubjectDetailView(TenantAPIView):
 
 class SubjectFacesView(TenantAPIView):
     required_scopes = {"GET": "read", "POST": "enroll"}
-    parser_classes = [MultiPartParser, ApiJSONParser]
+    parser_classes = IMAGE_PARSERS
 
     @extend_schema(
         parameters=[
@@ -303,7 +305,7 @@ class FaceDetailView(TenantAPIView):
 
 class IdentifyView(TenantAPIView):
     required_scopes = {"POST": "identify"}
-    parser_classes = [MultiPartParser, ApiJSONParser]
+    parser_classes = IMAGE_PARSERS
 
     @extend_schema(
         parameters=[IdentifyOptionsSerializer],
@@ -350,7 +352,7 @@ class IdentifyView(TenantAPIView):
 
 class VerifyView(TenantAPIView):
     required_scopes = {"POST": "identify"}
-    parser_classes = [MultiPartParser, ApiJSONParser]
+    parser_classes = IMAGE_PARSERS
 
     @extend_schema(
         parameters=[VerifyOptionsSerializer],
@@ -400,7 +402,7 @@ class VerifyView(TenantAPIView):
 
 class DetectView(TenantAPIView):
     required_scopes = {"POST": "identify"}
-    parser_classes = [MultiPartParser, ApiJSONParser]
+    parser_classes = IMAGE_PARSERS
 
     @extend_schema(
         parameters=[DetectOptionsSerializer],

@@ -82,39 +82,34 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
         # The tenant's webhook as it is now, like its secret: a URL fixed or removed while an event waits for
         # its next retry is where that retry goes, or the event is not sent at all.
         url, secret = delivery.tenant.webhook_url, delivery.tenant.webhook_secret
-        if not url:
-            delivery.attempts = [
-                *delivery.attempts,
-                {"at": timezone.now().isoformat(), "error": "webhook removed"},
-            ]
-            delivery.status = WebhookDelivery.Status.FAILED
-            delivery.save(update_fields=["attempts", "status"])
-            return False
-    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(secret=secret, timestamp=timestamp, body=body),
-        "Visor-Event-Id": delivery.payload["id"],
-        "User-Agent": "Visor-Webhooks/1",
-    }
     attempt = {"at": timezone.now().isoformat(), "url": url}
-    try:
-        # Only the status is read: a receiver's body, however large or endless, cannot hold the worker.
-        with httpx.stream(
-            "POST", url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
-        ) as response:
-            attempt["status_code"] = response.status_code
-        delivered = 200 <= response.status_code < 300
-    except httpx.HTTPError as error:
-        attempt["error"] = f"{type(error).__name__}: {error}"[:500]
-        delivered = False
+    delivered = False
+    if not url:
+        attempt["error"] = "webhook removed"
+    else:
+        body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(secret=secret, timestamp=timestamp, body=body),
+            "Visor-Event-Id": delivery.payload["id"],
+            "User-Agent": "Visor-Webhooks/1",
+        }
+        try:
+            # Only the status is read: a receiver's body, however large or endless, cannot hold the worker.
+            with httpx.stream(
+                "POST", url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
+            ) as response:
+                attempt["status_code"] = response.status_code
+            delivered = 200 <= response.status_code < 300
+        except httpx.HTTPError as error:
+            attempt["error"] = f"{type(error).__name__}: {error}"[:500]
     with tenant_transaction(tenant_id):
         delivery = WebhookDelivery.objects.select_for_update().get(id=delivery_id, tenant_id=tenant_id)
         delivery.attempts = [*delivery.attempts, attempt]
         if delivered:
             delivery.status, delivery.delivered_at = WebhookDelivery.Status.DELIVERED, timezone.now()
-        elif len(delivery.attempts) >= MAX_ATTEMPTS:
+        elif not url or len(delivery.attempts) >= MAX_ATTEMPTS:
             delivery.status = WebhookDelivery.Status.FAILED
         delivery.save(update_fields=["attempts", "status", "delivered_at"])
     if not delivered and delivery.status == WebhookDelivery.Status.PENDING:
