@@ -29,12 +29,24 @@ def unstorable_text(value) -> str | None:
     return None
 
 
-class GalleryCreateSerializer(serializers.Serializer):
+class RejectUnknownFieldsSerializer(serializers.Serializer):
+    """A request body whose unknown fields are refused: a misspelt field in a PATCH would otherwise be
+    ignored and answered 200 with nothing changed."""
+
+    def validate(self, attrs):
+        if hasattr(self.initial_data, "keys"):
+            unknown = sorted(set(self.initial_data.keys()) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return attrs
+
+
+class GalleryCreateSerializer(RejectUnknownFieldsSerializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
 
-class GalleryUpdateSerializer(serializers.Serializer):
+class GalleryUpdateSerializer(RejectUnknownFieldsSerializer):
     name = serializers.CharField(max_length=200, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
@@ -54,7 +66,7 @@ class MetadataField(serializers.JSONField):
         return value
 
 
-class SubjectCreateSerializer(serializers.Serializer):
+class SubjectCreateSerializer(RejectUnknownFieldsSerializer):
     external_id = serializers.CharField(max_length=200)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     metadata = MetadataField(required=False, default=dict)

@@ -115,6 +115,31 @@ def test_a_gallery_is_renamed_and_deleted(tenant_api):
     assert tenant_api.get(f"/v1/galleries/{gallery['id']}").status_code == 404
 
 
+def test_a_misspelt_field_is_refused_and_changes_nothing(tenant_api):
+    gallery = tenant_api.create_gallery("Lobby")
+    subject = tenant_api.create_subject(gallery["id"], "emp-1")
+
+    answers = {
+        "gallery patch": tenant_api.patch(f"/v1/galleries/{gallery['id']}", {"nmae": "Typo"}),
+        "subject patch": tenant_api.patch(f"/v1/subjects/{subject['id']}", {"name": "Ada", "meta": {}}),
+        "subject create": tenant_api.post(
+            f"/v1/galleries/{gallery['id']}/subjects",
+            {"external_id": "emp-2", "nmae": "Typo"},
+            content_type="application/json",
+        ),
+    }
+
+    for answer in answers.values():
+        assert answer.status_code == 400, answer.content
+        assert answer["Content-Type"] == "application/problem+json"
+    assert answers["gallery patch"].json()["errors"] == {"nmae": ["Unknown field."]}
+    assert answers["subject patch"].json()["errors"] == {"meta": ["Unknown field."]}
+    assert tenant_api.get(f"/v1/galleries/{gallery['id']}").json()["name"] == "Lobby"
+    assert tenant_api.get(f"/v1/subjects/{subject['id']}").json()["name"] == subject["name"]
+    listed = tenant_api.get(f"/v1/galleries/{gallery['id']}/subjects").json()["data"]
+    assert [listed_subject["external_id"] for listed_subject in listed] == ["emp-1"]
+
+
 def test_a_missing_a_malformed_and_another_tenants_gallery_look_the_same(tenant_api, other_tenant_api):
     foreign = other_tenant_api.create_gallery("Theirs")
 
