@@ -189,15 +189,20 @@ class IdempotentRequest(models.Model):
 class PendingObjectDeletion(models.Model):
     """An S3 object to delete, written in the same transaction that deleted its face (transactional outbox).
 
-    A task deletes the object and then the row; a failure leaves the row for the next sweep, so an object
-    is retried until it is gone.
+    A task deletes the object and then the row; a failure leaves the row for a later sweep, so an object
+    is retried until it is gone. A failing row waits longer after each attempt (`retry_at`), so rows that
+    keep failing cannot hold newer deletions back behind them.
     """
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=300)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    retry_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "retry_at"])]
 
     def __str__(self) -> str:
         return self.key

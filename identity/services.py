@@ -53,6 +53,7 @@ STALLED_JOB_AFTER = timedelta(minutes=10)
 STALLED_JOBS_PER_SWEEP = 500
 # How long a retry with the same Idempotency-Key gets the first request's outcome (Stripe keeps keys 24 h).
 IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
+OBJECT_DELETION_MAX_BACKOFF = timedelta(hours=1)
 # Reasons an enrollment job fails that are not about its image (those are the face-rejection reasons).
 SUBJECT_DELETED = "SUBJECT_DELETED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
@@ -195,7 +196,12 @@ def delete_face(*, tenant, actor, face: Face) -> None:
 
 def _schedule_image_deletion(*, tenant, faces) -> None:
     """Templates go with their rows at once; stored images go through the outbox, retried until gone."""
-    keys = [key for key in faces.exclude(image_key="").values_list("image_key", flat=True)]
+    _schedule_object_deletion(
+        tenant=tenant, keys=list(faces.exclude(image_key="").values_list("image_key", flat=True))
+    )
+
+
+def _schedule_object_deletion(*, tenant, keys: list[str]) -> None:
     PendingObjectDeletion.objects.bulk_create(PendingObjectDeletion(tenant=tenant, key=key) for key in keys)
     if keys:
         from identity.tasks import purge_deleted_images
@@ -258,6 +264,11 @@ def _meter_call(*, tenant, api_key, operation: str, client_request: ClientReques
 
 def image_key(*, tenant_id: uuid.UUID, face_id: uuid.UUID) -> str:
     return f"tenants/{tenant_id}/faces/{face_id}"
+
+
+def enrolled_face_id(job_id: str) -> uuid.UUID:
+    """The id of the face a job enrolls, the same in every attempt, and so is its image's key."""
+    return uuid.uuid5(uuid.UUID(job_id), "face")
 
 
 def validate_image(*, image_bytes: bytes) -> None:
@@ -367,7 +378,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             _face_templates(gallery_pipeline, image_bytes, analysis, chosen, seed=image_sha256)
         )
 
-    face_id = uuid.uuid5(uuid.UUID(job_id), "face")
+    face_id = enrolled_face_id(job_id)
     with tenant_transaction(tenant_id):
         _hold_off_deletion(subject_id=subject_id)
         job = (
@@ -607,6 +618,12 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
         job.input_image = None
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "result", "error", "input_image", "finished_at"])
+        if error and error["reason"] in (SUBJECT_DELETED, INTERNAL_ERROR):
+            # Unlike a rejected image, these can end a job after an attempt that wrote the image and then lost
+            # its transaction (a database error, a killed worker); no face will ever point at that object.
+            _schedule_object_deletion(
+                tenant=job.tenant, keys=[image_key(tenant_id=job.tenant_id, face_id=enrolled_face_id(job_id))]
+            )
         if face is not None:
             transaction.on_commit(
                 lambda: _maybe_build_ann_index(gallery_id=str(face.gallery_id), tenant_id=tenant_id)
@@ -851,9 +868,14 @@ def erase_closed_tenant(*, tenant, actor) -> int:
 
 
 def purge_deleted_images(*, tenant_id: str, batch_size: int = 500) -> int:
-    """Delete the outbox's S3 objects; each row goes only once its object is gone. Returns how many."""
+    """Delete the outbox's S3 objects that are due, those that never failed first; each row goes only once
+    its object is gone, and a failed one waits longer before each new attempt. Returns how many went."""
     with tenant_transaction(tenant_id):
-        pending = list(PendingObjectDeletion.objects.order_by("id")[:batch_size])
+        pending = list(
+            PendingObjectDeletion.objects.filter(retry_at__lte=timezone.now()).order_by("retry_at", "id")[
+                :batch_size
+            ]
+        )
     removed = 0
     for item in pending:
         if not item.key.startswith(f"tenants/{tenant_id}/"):
@@ -863,13 +885,21 @@ def purge_deleted_images(*, tenant_id: str, batch_size: int = 500) -> int:
         except Exception as error:  # any storage failure: keep the row, count the attempt, retry later
             with tenant_transaction(tenant_id):
                 PendingObjectDeletion.objects.filter(id=item.id).update(
-                    attempts=item.attempts + 1, last_error=f"{type(error).__name__}: {error}"[:2000]
+                    attempts=item.attempts + 1,
+                    last_error=f"{type(error).__name__}: {error}"[:2000],
+                    retry_at=timezone.now() + object_deletion_backoff(attempts=item.attempts + 1),
                 )
             continue
         with tenant_transaction(tenant_id):
             PendingObjectDeletion.objects.filter(id=item.id).delete()
         removed += 1
     return removed
+
+
+def object_deletion_backoff(*, attempts: int) -> timedelta:
+    """How long a deletion that has failed `attempts` times waits for its next try: 10 s doubling, at most
+    an hour, so a short S3 outage is bridged within minutes and a lasting fault costs a try an hour."""
+    return min(OBJECT_DELETION_MAX_BACKOFF, timedelta(seconds=10 * 2 ** min(attempts - 1, 20)))
 
 
 # --- Re-embedding after a model change -------------------------------------------------------------------

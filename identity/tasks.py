@@ -4,6 +4,8 @@ from datetime import timedelta
 
 from celery import Task, shared_task
 from django.db import connection
+from django.db.models import Min
+from django.utils import timezone
 
 from identity import search, services, webhooks
 from identity.models import Gallery, PendingObjectDeletion
@@ -48,9 +50,9 @@ def purge_expired_idempotency_keys() -> int:
 def purge_deleted_images(self, *, tenant_id: str) -> int:
     removed = services.purge_deleted_images(tenant_id=tenant_id)
     with tenant_transaction(tenant_id):
-        remaining = PendingObjectDeletion.objects.exists()
-    if remaining:
-        raise self.retry(countdown=min(600, 5 * 2**self.request.retries))
+        next_due = PendingObjectDeletion.objects.aggregate(next_due=Min("retry_at"))["next_due"]
+    if next_due is not None:
+        raise self.retry(countdown=max(1.0, (next_due - timezone.now()).total_seconds()))
     return removed
 
 

@@ -1,13 +1,18 @@
 import time
+from datetime import timedelta
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.utils import timezone
 
+from identity import services
 from identity.models import Face, FaceTemplate, Gallery, PendingObjectDeletion, Subject
 from identity.tasks import erase_closed_tenants
 from tenants.actors import Actor
 from tenants.billing_selectors import stored_face_counts
 from tenants.models import AuditEvent
-from tenants.rls import operator_transaction
+from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import close_tenant
 from tests.face_images import person_image
 from tests.identity.conftest import bucket_keys
@@ -119,3 +124,51 @@ def test_a_closed_tenant_is_erased_and_billed_no_more_stored_faces(
     assert _wait_for_purge(f"tenants/{tenant_api.tenant.id}/") == []
     assert bucket_keys(f"tenants/{other_tenant_api.tenant.id}/")
     assert erase_closed_tenants() == 0, "nothing is left to erase"
+
+
+class _StorageThatCannotDelete:
+    """The real storage, except that deleting the given keys always fails (an object S3 keeps refusing)."""
+
+    def __init__(self, storage, refused: set[str]):
+        self._storage, self._refused = storage, refused
+
+    def delete(self, name):
+        if name in self._refused:
+            raise OSError(f"AccessDenied: {name}")
+        return self._storage.delete(name)
+
+
+def test_deletions_that_keep_failing_back_off_and_do_not_hold_newer_ones_back(tenant_api, monkeypatch):
+    tenant = tenant_api.tenant
+    keys = [f"tenants/{tenant.id}/faces/{name}" for name in ("refused-1", "refused-2", "deleted-later")]
+    for key in keys:
+        default_storage.save(key, ContentFile(b"image"))
+    with tenant_transaction(tenant.id):
+        for key in keys:  # oldest first
+            PendingObjectDeletion.objects.create(tenant=tenant, key=key)
+    monkeypatch.setattr(services, "default_storage", _StorageThatCannotDelete(default_storage, set(keys[:2])))
+
+    first_sweep = services.purge_deleted_images(tenant_id=str(tenant.id), batch_size=2)
+    second_sweep = services.purge_deleted_images(tenant_id=str(tenant.id), batch_size=2)
+
+    assert (first_sweep, second_sweep) == (0, 1)
+    assert sorted(bucket_keys(f"tenants/{tenant.id}/")) == keys[:2]
+    with tenant_transaction(tenant.id):
+        refused = list(PendingObjectDeletion.objects.order_by("key"))
+    assert [row.key for row in refused] == keys[:2], "kept, to be tried again"
+    for row in refused:
+        assert row.attempts == 1
+        assert row.last_error == f"OSError: AccessDenied: {row.key}"
+        assert row.retry_at > timezone.now()
+
+
+def test_a_failing_deletion_waits_longer_after_each_attempt_up_to_an_hour():
+    waits = [services.object_deletion_backoff(attempts=n) for n in (1, 2, 3, 10, 1000)]
+
+    assert waits == [
+        timedelta(seconds=10),
+        timedelta(seconds=20),
+        timedelta(seconds=40),
+        timedelta(hours=1),
+        timedelta(hours=1),
+    ]

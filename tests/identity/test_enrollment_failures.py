@@ -14,11 +14,11 @@ import pytest
 from django.db import connections
 
 from identity import services
-from identity.models import Job, Subject
+from identity.models import Job, PendingObjectDeletion, Subject
 from tenants.actors import Actor
 from tenants.rls import tenant_transaction
 from tests.face_images import person_image
-from tests.identity.conftest import upload_file
+from tests.identity.conftest import bucket_keys, upload_file
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("jobs_not_dispatched")]
 
@@ -109,3 +109,37 @@ def test_a_subject_deleted_while_its_enrollment_is_awaited_is_a_404(tenant_api, 
     assert response.json()["detail"] == "The subject does not exist."
     with tenant_transaction(tenant_id):
         assert Job.objects.get().error["reason"] == "SUBJECT_DELETED"
+
+
+class _DatabaseLost(Exception):
+    pass
+
+
+@pytest.mark.parametrize("ending", ["subject deleted", "out of retries"])
+def test_an_image_written_by_an_attempt_whose_transaction_was_lost_is_deleted_when_the_job_fails(
+    tenant_api, subject, monkeypatch, ending
+):
+    tenant_id = str(tenant_api.tenant.id)
+    job_id = tenant_api.enroll(subject["id"], person_image(9), wait="false").json()["job"]["id"]
+    key = services.image_key(tenant_id=tenant_api.tenant.id, face_id=services.enrolled_face_id(job_id))
+
+    def lose_the_database_after_the_upload(**_):
+        raise _DatabaseLost("connection lost before the face was stored")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "_store_face", lose_the_database_after_the_upload)
+        with pytest.raises(_DatabaseLost):
+            services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id)
+    assert bucket_keys(f"tenants/{tenant_id}/") == [key], "the lost attempt left its image behind"
+
+    if ending == "subject deleted":
+        assert tenant_api.delete(f"/v1/subjects/{subject['id']}").status_code == 204
+        services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id)
+    else:
+        services.fail_enrollment_job(job_id=job_id, tenant_id=tenant_id, detail="database unreachable")
+    services.purge_deleted_images(tenant_id=tenant_id)
+
+    assert tenant_api.get(f"/v1/jobs/{job_id}").json()["status"] == "failed"
+    assert bucket_keys(f"tenants/{tenant_id}/") == []
+    with tenant_transaction(tenant_id):
+        assert not PendingObjectDeletion.objects.exists()
