@@ -57,6 +57,11 @@ OBJECT_DELETION_MAX_BACKOFF = timedelta(hours=1)
 # Reasons an enrollment job fails that are not about its image (those are the face-rejection reasons).
 SUBJECT_DELETED = "SUBJECT_DELETED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+TENANT_INACTIVE = "TENANT_INACTIVE"
+# Failures that say nothing against the request: its Idempotency-Key is released so that a retry with it
+# (the SDK's retries use it) makes a new job instead of getting this failure back for the key's lifetime.
+FAILURES_WORTH_A_RETRY = (INTERNAL_ERROR, TENANT_INACTIVE)
+FAILURES_NOT_ABOUT_THE_IMAGE = (SUBJECT_DELETED, *FAILURES_WORTH_A_RETRY)
 
 
 # --- Galleries and subjects -------------------------------------------------------------------------------
@@ -339,9 +344,15 @@ class EnrollmentOutcome:
 def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
     """Run a queued enrollment job to completion. Safe to call again: a finished job is returned as it is."""
     with tenant_transaction(tenant_id):
-        job = Job.objects.select_for_update().get(id=job_id, tenant_id=tenant_id)
+        job = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("tenant")
+            .get(id=job_id, tenant_id=tenant_id)
+        )
         if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
             return job
+        if not job.tenant.is_active:
+            return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=_inactive(job.tenant))
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
         job.save(update_fields=["status", "started_at", "attempts"])
         subject_id = job.subject_id
@@ -388,6 +399,8 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
         )
         if job.status != Job.Status.RUNNING:
             return job
+        if not job.tenant.is_active:  # suspended while its face was analysed
+            return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=_inactive(job.tenant))
         if job.subject is None:
             return _finish_job(
                 job_id=job_id,
@@ -419,6 +432,15 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
         return _finish_job(job_id=job_id, tenant_id=tenant_id, face=face, error=None)
 
 
+def _inactive(tenant) -> dict:
+    """The failure of a job whose tenant was suspended or closed after it was queued: the work is not done,
+    and so not billed."""
+    return {
+        "reason": TENANT_INACTIVE,
+        "detail": f"The tenant is {tenant.status}; its queued enrollments are not processed.",
+    }
+
+
 def _hold_off_deletion(*, subject_id: uuid.UUID | None) -> None:
     """Key-share-lock the subject's gallery, then the subject, until the caller's transaction ends (what the
     face's foreign keys would lock at its insert, taken before the image is written). A deletion takes the
@@ -444,19 +466,13 @@ def _lock_for_deletion(*, model, object_id) -> None:
 
 
 def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
-    """End a job whose processing kept failing on infrastructure errors. The Idempotency-Key it was requested
-    with is released: the failure is the service's, not the request's, so a retry with the same key (the SDK
-    retries with it) makes a new job instead of being answered with this failure for the key's lifetime."""
-    with tenant_transaction(tenant_id):
-        job = _finish_job(
-            job_id=job_id,
-            tenant_id=tenant_id,
-            face=None,
-            error={"reason": INTERNAL_ERROR, "detail": "Enrollment failed after retries: " + detail},
-        )
-        if job.error and job.error["reason"] == INTERNAL_ERROR:
-            IdempotentRequest.objects.filter(tenant_id=tenant_id, body__job_id=job_id).delete()
-    return job
+    """End a job whose processing kept failing on infrastructure errors."""
+    return _finish_job(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        face=None,
+        error={"reason": INTERNAL_ERROR, "detail": "Enrollment failed after retries: " + detail},
+    )
 
 
 def redispatch_stalled_jobs(
@@ -618,7 +634,9 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
         job.input_image = None
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "result", "error", "input_image", "finished_at"])
-        if error and error["reason"] in (SUBJECT_DELETED, INTERNAL_ERROR):
+        if error and error["reason"] in FAILURES_WORTH_A_RETRY:
+            IdempotentRequest.objects.filter(tenant_id=tenant_id, body__job_id=job_id).delete()
+        if error and error["reason"] in FAILURES_NOT_ABOUT_THE_IMAGE:
             # Unlike a rejected image, these can end a job after an attempt that wrote the image and then lost
             # its transaction (a database error, a killed worker); no face will ever point at that object.
             _schedule_object_deletion(

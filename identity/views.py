@@ -35,6 +35,7 @@ from identity.serializers import (
     subject_representation,
 )
 from infra.parsers import ApiJSONParser
+from tenants.problems import TenantSuspended
 from tenants.views import TenantAPIView
 
 JOB_POLL_INTERVAL_SECONDS = 0.1
@@ -270,6 +271,8 @@ class SubjectFacesView(TenantAPIView):
                 raise NotFound("subject")
             if reason == services.INTERNAL_ERROR:
                 raise EnrollmentFailed(job.error["detail"], job_id=str(job.id))
+            if reason == services.TENANT_INACTIVE:
+                raise TenantSuspended(job.error["detail"])
             raise FaceNotUsable(job.error["detail"], reasons=job.error.get("reasons") or [reason])
         return Response({"job": job_representation(job)}, status=status.HTTP_202_ACCEPTED, headers=headers)
 

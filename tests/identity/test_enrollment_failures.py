@@ -14,9 +14,11 @@ import pytest
 from django.db import connections
 
 from identity import services
-from identity.models import Job, PendingObjectDeletion, Subject
+from identity.models import Face, Job, PendingObjectDeletion, Subject
 from tenants.actors import Actor
-from tenants.rls import tenant_transaction
+from tenants.models import UsageRecord
+from tenants.rls import operator_transaction, tenant_transaction
+from tenants.services import reactivate_tenant, suspend_tenant
 from tests.face_images import person_image
 from tests.identity.conftest import bucket_keys, upload_file
 
@@ -143,3 +145,38 @@ def test_an_image_written_by_an_attempt_whose_transaction_was_lost_is_deleted_wh
     assert bucket_keys(f"tenants/{tenant_id}/") == []
     with tenant_transaction(tenant_id):
         assert not PendingObjectDeletion.objects.exists()
+
+
+def test_an_enrollment_queued_before_its_tenant_was_suspended_is_not_processed_nor_billed(
+    tenant_api, subject
+):
+    tenant = tenant_api.tenant
+    path = f"/v1/subjects/{subject['id']}/faces"
+    headers = {"Idempotency-Key": "badge-photo-10"}
+
+    def suspend_the_tenant_then_process_the_job(job):
+        with operator_transaction():
+            suspend_tenant(tenant=tenant, actor=Actor.system("tests"), reason="unpaid invoice")
+        services.process_face_enrollment(job_id=str(job.id), tenant_id=str(tenant.id))
+
+    refused = _while_waiting(
+        tenant_api,
+        suspend_the_tenant_then_process_the_job,
+        lambda: tenant_api.post(
+            f"{path}?wait=true", {"image": upload_file(person_image(10))}, headers=headers
+        ),
+    )
+    with operator_transaction():
+        [job] = Job.objects.filter(tenant=tenant)
+        faces = Face.objects.filter(tenant=tenant).count()
+        billed = UsageRecord.objects.filter(tenant=tenant, operation="enroll").count()
+        reactivate_tenant(tenant=tenant, actor=Actor.system("tests"), reason="paid")
+    retried = tenant_api.post(path, {"image": upload_file(person_image(10))}, headers=headers)
+
+    assert refused.status_code == 403
+    assert refused.json()["type"].endswith("/tenant-suspended")
+    assert job.status == Job.Status.FAILED
+    assert job.error["reason"] == "TENANT_INACTIVE"
+    assert (faces, billed) == (0, 0)
+    assert retried.status_code == 202
+    assert retried.json()["job"]["id"] != str(job.id), "the key was released: the retry makes a new job"

@@ -79,10 +79,11 @@ def test_every_problem_type_of_the_server_has_its_sdk_exception():
         ("NO_FACE", visor.FaceRejectedError),
         (services.INTERNAL_ERROR, visor.JobFailedError),
         (services.SUBJECT_DELETED, visor.JobFailedError),
+        (services.TENANT_INACTIVE, visor.JobFailedError),
     ],
 )
 def test_a_failed_job_is_a_face_rejection_only_when_its_image_was_the_cause(reason, exception):
-    assert {services.INTERNAL_ERROR, services.SUBJECT_DELETED} == JOB_FAILURES_NOT_ABOUT_THE_IMAGE
+    assert set(services.FAILURES_NOT_ABOUT_THE_IMAGE) == JOB_FAILURES_NOT_ABOUT_THE_IMAGE
 
     error = job_failure({"reason": reason, "detail": "Enrollment did not finish."}, "job-1")
 

@@ -272,8 +272,9 @@ def finished_face(job: Job) -> Face:
     return job.face
 
 
-# Why a job fails when its image is not the cause: the service ran out of retries, or the subject was deleted.
-JOB_FAILURES_NOT_ABOUT_THE_IMAGE = frozenset({"INTERNAL_ERROR", "SUBJECT_DELETED"})
+# Why a job fails when its image is not the cause: the service ran out of retries, the subject was deleted,
+# or the tenant was suspended while the job was queued.
+JOB_FAILURES_NOT_ABOUT_THE_IMAGE = frozenset({"INTERNAL_ERROR", "SUBJECT_DELETED", "TENANT_INACTIVE"})
 
 
 def job_failure(job_error: dict[str, Any] | None, job_id: str) -> VisorError:
