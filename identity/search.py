@@ -228,12 +228,20 @@ def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:
     The graph is built in memory while it fits in maintenance_work_mem (a build that spills to disk is
     several times slower), in parallel with HNSW_BUILD_PARALLEL_WORKERS workers besides the leader. A parallel
     build keeps the graph in dynamic shared memory: the database's /dev/shm must hold maintenance_work_mem.
+
+    A build interrupted by a dying worker or database leaves an invalid index behind, which the planner never
+    uses and IF NOT EXISTS would keep for ever (the gallery searched exactly, slowly): the next build drops it
+    and starts again. Builds of one gallery take turns (a session advisory lock), so the index a build finds
+    invalid is never another one's still in progress.
     """
     name = ann_index_name(gallery_id)
     with connection.cursor() as cursor:
-        cursor.execute(f"SET maintenance_work_mem = '{HNSW_BUILD_MAINTENANCE_WORK_MEM}'")
-        cursor.execute(f"SET max_parallel_maintenance_workers = {int(HNSW_BUILD_PARALLEL_WORKERS)}")
+        cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [name])
         try:
+            cursor.execute(f"SET maintenance_work_mem = '{HNSW_BUILD_MAINTENANCE_WORK_MEM}'")
+            cursor.execute(f"SET max_parallel_maintenance_workers = {int(HNSW_BUILD_PARALLEL_WORKERS)}")
+            if _ann_index_is_invalid(cursor, name):
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             cursor.execute(
                 f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {_TABLE} "
                 f"USING hnsw (embedding vector_cosine_ops) "
@@ -241,10 +249,21 @@ def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:
                 f"WHERE gallery_id = '{uuid.UUID(str(gallery_id))}'"
             )
         finally:
-            # Session settings: do not leave them on a pooled connection.
+            # Session state: do not leave it on a pooled connection.
             cursor.execute("RESET maintenance_work_mem")
             cursor.execute("RESET max_parallel_maintenance_workers")
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [name])
     return name
+
+
+def _ann_index_is_invalid(cursor, name: str) -> bool:
+    cursor.execute(
+        "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+        [name],
+    )
+    row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def drop_ann_index(*, gallery_id: uuid.UUID | str) -> None:

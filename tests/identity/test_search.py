@@ -3,7 +3,7 @@ inside the tenant's rows, with the same answers as exact search."""
 
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 
 from bench.seed import as_stored
 from identity import search, selectors
@@ -90,3 +90,30 @@ def test_gallery_counts_are_its_own_subjects_and_faces(indexed_beside_a_larger_t
         counted = selectors.gallery_with_counts_get(tenant=tenant, gallery_id=gallery.id)
 
     assert (counted.subject_count, counted.face_count) == (data.subjects, data.faces)
+
+
+def _index_state(name: str) -> tuple[bool, str] | None:
+    """Whether the index is valid, and its access method; None when there is no such index."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid, am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_am am ON am.oid = c.relam WHERE c.relname = %s",
+            [name],
+        )
+        return cursor.fetchone()
+
+
+def test_an_index_left_invalid_by_an_interrupted_build_is_rebuilt():
+    _, gallery, _ = seeded_gallery(templates=50, seed=3)
+    name = search.ann_index_name(gallery.id)
+    # A concurrent build that fails part-way leaves its index behind, invalid, as a crash would.
+    with pytest.raises(IntegrityError), connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {search._TABLE} (gallery_id) "
+            f"WHERE gallery_id = '{gallery.id}'"
+        )
+    assert _index_state(name) == (False, "btree")
+
+    assert search.build_ann_index(gallery_id=gallery.id) == name
+
+    assert _index_state(name) == (True, "hnsw")
