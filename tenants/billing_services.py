@@ -10,6 +10,7 @@ the month closes, prices the month one last time and keeps a snapshot of the pla
 from datetime import UTC, date, datetime, timedelta
 
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from tenants import billing, billing_selectors
@@ -191,31 +192,43 @@ def finalize_invoice(*, tenant: Tenant, period_start: datetime, now: datetime) -
 
 
 def finalize_closed_invoices(*, now: datetime) -> list[Invoice]:
-    """Finalize last month's invoice of every billable tenant, and any draft left of an earlier month; returns
-    the invoices finalized now. Operator path.
+    """Finalize every closed month of every billable tenant that has no final invoice yet, and any draft left
+    of an earlier month; returns the invoices finalized now. Operator path.
 
-    Billable: a tenant that existed during the month and is not closed, or that recorded usage in it.
+    Billable in a month: a tenant that existed during it and is not closed, or that recorded usage in it. A
+    tenant's months are caught up from the one after its latest final invoice (from its creation when it has
+    none), so a month in which this never ran (the beat was down for all of it) is invoiced late, not lost. A
+    closed tenant is only looked at for last month: it is billed no more, and its old months were its due
+    while it was open.
     """
     last_month = calendar_month(calendar_month(now).start - timedelta(microseconds=1))
-    used = billing_selectors.tenant_ids_with_ledger_records(start=last_month.start, end=last_month.end)
-    tenants = Tenant.objects.select_related("plan").filter(created_at__lt=last_month.end)
-    due = {
-        (tenant.id, last_month.start): tenant
-        for tenant in tenants
-        if tenant.status != Tenant.Status.CLOSED or tenant.id in used
-    }
+    used_last_month = billing_selectors.tenant_ids_with_ledger_records(
+        start=last_month.start, end=last_month.end
+    )
+    latest_final = dict(
+        Invoice.objects.filter(status=Invoice.Status.FINAL)
+        .values("tenant_id")
+        .annotate(latest=Max("period_start"))
+        .values_list("tenant_id", "latest")
+    )
+    due = {}
+    for tenant in Tenant.objects.select_related("plan").filter(created_at__lt=last_month.end):
+        if tenant.status == Tenant.Status.CLOSED:
+            if tenant.id in used_last_month and latest_final.get(tenant.id) != last_month.start:
+                due[(tenant.id, last_month.start)] = tenant
+            continue
+        finalized_until = latest_final.get(tenant.id)
+        month = calendar_month(
+            calendar_month(finalized_until).end if finalized_until is not None else tenant.created_at
+        )
+        while month.start <= last_month.start:
+            due[(tenant.id, month.start)] = tenant
+            month = calendar_month(month.end)
     for draft in Invoice.objects.select_related("tenant__plan").filter(
         status=Invoice.Status.DRAFT, period_end__lte=now
     ):
         due[(draft.tenant_id, draft.period_start)] = draft.tenant
-    already_final = set(
-        Invoice.objects.filter(status=Invoice.Status.FINAL, period_start=last_month.start).values_list(
-            "tenant_id", flat=True
-        )
-    )
-    finalized = []
-    for (tenant_id, period_start), tenant in due.items():
-        if period_start == last_month.start and tenant_id in already_final:
-            continue
-        finalized.append(finalize_invoice(tenant=tenant, period_start=period_start, now=now))
-    return finalized
+    return [
+        finalize_invoice(tenant=tenant, period_start=period_start, now=now)
+        for (_, period_start), tenant in due.items()
+    ]

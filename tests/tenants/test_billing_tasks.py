@@ -199,7 +199,7 @@ def test_after_the_month_closes_its_draft_becomes_a_final_immutable_invoice_and_
     last_month = calendar_month(this_month.start - timedelta(microseconds=1))
     tenant = make_tenant(plan=_identify_plan())
     worker_exports(tenant)
-    _created_at(tenant, last_month.start - timedelta(days=1))
+    _created_at(tenant, last_month.start)  # an earlier month would be due too: it was never invoiced
     record_usage_at(tenant, operation="identify", units=1_500, key="batch:1", at=last_month.start)
     record_usage_at(tenant, operation="identify", units=7, key="batch:2", at=this_month.start)
     with tenant_transaction(tenant.id):
@@ -279,6 +279,42 @@ def test_a_month_is_finalized_in_the_first_run_after_it_closes_and_only_then():
         FEBRUARY,
         Decimal("10.01"),
     )
+
+
+@pytest.mark.django_db
+def test_months_in_which_finalization_never_ran_are_invoiced_late_not_lost():
+    plan = _identify_plan()
+    invoiced_until_november, never_invoiced = (
+        make_tenant(name=name, plan=plan) for name in ("Invoiced until November", "Never invoiced")
+    )
+    _created_at(invoiced_until_november, DECEMBER - timedelta(days=60))
+    _created_at(never_invoiced, DECEMBER + timedelta(days=4))
+    with operator_transaction():
+        finalize_invoice(
+            tenant=invoiced_until_november, period_start=DECEMBER - timedelta(days=1), now=DECEMBER
+        )
+    record_usage_at(
+        never_invoiced, operation="identify", units=2_000, key="b:1", at=DECEMBER + timedelta(days=9)
+    )
+
+    # The beat was down from December 1 to March 1: no run at all in January or February.
+    with operator_transaction():
+        finalized = finalize_closed_invoices(now=FEBRUARY + timedelta(days=28, minutes=5))
+        again = finalize_closed_invoices(now=FEBRUARY + timedelta(days=28, hours=1))
+
+    assert sorted((invoice.tenant.name, invoice.period_start.date()) for invoice in finalized) == [
+        ("Invoiced until November", DECEMBER.date()),
+        ("Invoiced until November", JANUARY.date()),
+        ("Invoiced until November", FEBRUARY.date()),
+        ("Never invoiced", DECEMBER.date()),
+        ("Never invoiced", JANUARY.date()),
+        ("Never invoiced", FEBRUARY.date()),
+    ]
+    assert {invoice.status for invoice in finalized} == {Invoice.Status.FINAL}
+    totals = {(invoice.tenant.name, invoice.period_start): invoice.total for invoice in finalized}
+    assert totals[("Never invoiced", DECEMBER)] == Decimal("15.00"), "the month price plus 1,000 over"
+    assert totals[("Never invoiced", JANUARY)] == Decimal("10.00")
+    assert again == []
 
 
 @pytest.mark.django_db
