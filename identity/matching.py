@@ -45,6 +45,13 @@ def default_threshold(
     return mask_aware.calibration_for(model_version).threshold(probe_masked, false_accept_rate)
 
 
+def template_kinds_scored(model_version: str, *, probe_masked: bool) -> tuple[str, ...]:
+    """The template kinds `rank_subjects` scores for such a probe; it ignores the others."""
+    if mask_aware.calibration_for(model_version).uses_synthetic(probe_masked):
+        return (mask_aware.ORIGINAL, mask_aware.SYNTHETIC_MASK)
+    return (mask_aware.ORIGINAL,)
+
+
 @dataclass(frozen=True)
 class Candidate:
     subject_id: uuid.UUID

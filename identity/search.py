@@ -67,19 +67,21 @@ def nearest_templates(
     embedding: np.ndarray,
     limit: int,
     subject_id: uuid.UUID | None = None,
+    kinds: tuple[str, ...] | None = None,
 ) -> list[TemplateHit]:
-    """The `limit` templates most similar (cosine) to `embedding` in the gallery, most similar first.
+    """The `limit` templates most similar (cosine) to `embedding` in the gallery (of the subject, of the given
+    kinds), most similar first.
 
     Runs inside the caller's tenant transaction; the explicit tenant filter duplicates what row-level
     security enforces, so that a policy mistake can never widen a search.
     """
     codes = (
         quantised_scan.codes_for(tenant_id=tenant_id, gallery=gallery)
-        if gallery.ann_index_name and subject_id is None
+        if gallery.ann_index_name and subject_id is None and kinds is None
         else None
     )
     if codes is None:
-        rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, explain=False)
+        rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, kinds, explain=False)
     else:
         rows = _rescored_rows(tenant_id, gallery, embedding, limit, codes)
     hits = [
@@ -99,22 +101,23 @@ def nearest_templates_plan(
     subject_id: uuid.UUID | None = None,
 ) -> list[str]:
     """The scans PostgreSQL chooses for `nearest_templates` with the same arguments (EXPLAIN lines)."""
-    rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, explain=True)
+    rows = _nearest_rows(tenant_id, gallery, embedding, limit, subject_id, None, explain=True)
     return [row[0].strip() for row in rows if "Scan" in row[0]]
 
 
 def _nearest_rows(
-    tenant_id, gallery: Gallery, embedding: np.ndarray, limit: int, subject_id, *, explain: bool
+    tenant_id, gallery: Gallery, embedding: np.ndarray, limit: int, subject_id, kinds, *, explain: bool
 ) -> list[tuple]:
     """The rows of the nearest-templates query, or of its EXPLAIN, run with the search's planner settings."""
     # The gallery id is inlined (it is a UUID, never user text) so the planner can match the partial index.
     gallery_literal = str(uuid.UUID(str(gallery.id)))
     subject_filter = "AND subject_id = %(subject_id)s" if subject_id else ""
+    kind_filter = "AND kind = ANY(%(kinds)s)" if kinds else ""
     sql = f"""
         SELECT subject_id, face_id, kind, 1 - (embedding <=> %(probe)s::vector) AS similarity
         FROM {_TABLE}
         WHERE gallery_id = '{gallery_literal}' AND tenant_id = %(tenant_id)s
-              AND model_version = %(model_version)s {subject_filter}
+              AND model_version = %(model_version)s {subject_filter} {kind_filter}
         ORDER BY embedding <=> %(probe)s::vector
         LIMIT %(limit)s
     """
@@ -123,6 +126,7 @@ def _nearest_rows(
         "tenant_id": tenant_id,
         "model_version": gallery.model_version,
         "subject_id": subject_id,
+        "kinds": list(kinds or ()),
         "limit": limit,
     }
     with (

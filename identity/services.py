@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from identity import quantised_scan, search, selectors, webhooks
 from identity.face_pipeline import get_face_pipeline, pipeline_for_model_version
-from identity.matching import Candidate, default_threshold, rank_subjects
+from identity.matching import Candidate, default_threshold, rank_subjects, template_kinds_scored
 from identity.models import (
     Face,
     FaceTemplate,
@@ -810,15 +810,19 @@ def verify(
     pipeline = _gallery_pipeline(subject.gallery) if subject is not None else get_face_pipeline()
     model_version = pipeline.model_version
     probe = _single_face(_analyze(pipeline, image_bytes, max_faces=1), "image")
+    probe_masked = _probe_masked(probe)
     if subject is not None:
         gallery = subject.gallery
         with tenant_transaction(tenant.id):
+            # Only the kinds that will be scored: many nearer templates of an ignored kind would otherwise
+            # fill the fetch and leave nothing to compare.
             hits = search.nearest_templates(
                 tenant_id=tenant.id,
                 gallery=gallery,
                 embedding=probe.embedding,
                 limit=search.MIN_TEMPLATES_FETCHED,
                 subject_id=subject.id,
+                kinds=template_kinds_scored(model_version, probe_masked=probe_masked),
             )
         if not hits:
             raise FaceNotUsable(
@@ -835,7 +839,6 @@ def verify(
                 similarity=float(np.dot(probe.embedding, other.embedding)),
             )
         ]
-    probe_masked = _probe_masked(probe)
     [candidate] = rank_subjects(hits, model_version=model_version, probe_masked=probe_masked, top_k=1)
     threshold = _thresholds(
         tenant=tenant, model_version=model_version, operation="verify", requested=threshold

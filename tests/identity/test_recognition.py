@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from django.utils import timezone
 
+from identity import search
+from identity.face_pipeline import get_face_pipeline
 from identity.matching import default_threshold
-from identity.models import Gallery, IdempotentRequest
+from identity.models import Face, FaceTemplate, Gallery, IdempotentRequest
 from identity.services import create_subject, purge_expired_idempotency_keys
 from tenants.actors import Actor
 from tenants.models import UsageRecord
@@ -336,3 +338,29 @@ def test_detect_reports_faces_with_mask_and_quality_without_searching(tenant_api
     assert set(face["mask"]) == {"masked", "probability"}
     assert set(face["quality"]) == {"score", "issues"}
     assert body["image"] == {"width": 640, "height": 480}
+
+
+def test_verify_finds_a_subjects_original_templates_behind_many_nearer_synthetic_ones(tenant_api, enrolled):
+    _, subjects = enrolled
+    subject_id = subjects[23]["id"]
+    probe_image = person_image(23, offset=(40, 20))  # another photo: its original scores under 1
+    probe = get_face_pipeline().analyze(probe_image, purpose="identify", max_faces=1).faces[0]
+    with tenant_transaction(tenant_api.tenant.id):
+        [face] = Face.objects.filter(subject_id=subject_id)
+        FaceTemplate.objects.bulk_create(
+            FaceTemplate(
+                tenant_id=face.tenant_id,
+                gallery_id=face.gallery_id,
+                subject_id=face.subject_id,
+                face=face,
+                kind=FaceTemplate.Kind.SYNTHETIC_MASK,
+                embedding=probe.embedding,  # nearer the probe than any original can be
+                model_version=face.model_version,
+            )
+            for _ in range(search.MIN_TEMPLATES_FETCHED + 10)
+        )
+
+    response = tenant_api.post("/v1/verify", {"image": upload_file(probe_image), "subject_id": subject_id})
+
+    assert response.status_code == 200, response.content
+    assert response.json()["match"] is True
