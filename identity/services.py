@@ -322,8 +322,8 @@ def request_face_enrollment(
         request_id=client_request.request_id,
     )
     if client_request.idempotency_key:
-        claim.status_code, claim.body = 202, {"job_id": str(job.id)}
-        claim.save(update_fields=["status_code", "body"])
+        claim.status_code, claim.body, claim.job = 202, {"job_id": str(job.id)}, job
+        claim.save(update_fields=["status_code", "body", "job"])
     _dispatch_enrollment(job)
     return job
 
@@ -635,7 +635,7 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "result", "error", "input_image", "finished_at"])
         if error and error["reason"] in FAILURES_WORTH_A_RETRY:
-            IdempotentRequest.objects.filter(tenant_id=tenant_id, body__job_id=job_id).delete()
+            IdempotentRequest.objects.filter(tenant_id=tenant_id, job_id=job_id).delete()
         if error and error["reason"] in FAILURES_NOT_ABOUT_THE_IMAGE:
             # Unlike a rejected image, these can end a job after an attempt that wrote the image and then lost
             # its transaction (a database error, a killed worker); no face will ever point at that object.
