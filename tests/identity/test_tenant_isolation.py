@@ -108,12 +108,12 @@ def test_tenant_a_cannot_see_change_or_delete_tenant_b_objects_on_any_route(tena
                 response = tenant_api.get(path)
             elif method == "delete":
                 response = tenant_api.delete(path)
-            elif method == "patch":
-                response = tenant_api.patch(path, {"name": "stolen", "external_id": "stolen"})
+            elif method == "patch":  # a body every PATCH route takes: refused for the object, not the body
+                response = tenant_api.patch(path, {"name": "stolen"})
+            elif path.endswith("/subjects"):
+                response = tenant_api.post(path, {"name": "x", "external_id": "x"})
             else:
-                response = tenant_api.post(
-                    path, {"image": upload_file(person_image(71)), "name": "x", "external_id": "x"}
-                )
+                response = tenant_api.post(path, {"image": upload_file(person_image(71))})
             calls += 1
             assert response.status_code in (403, 404), (method, path, response.status_code, response.content)
             assert response["Content-Type"] == "application/problem+json"
