@@ -4,7 +4,9 @@ Order matters for safety: size and format are checked on the raw bytes, the pixe
 header, and only then is anything decoded, so a decompression bomb never gets to allocate its pixels.
 """
 
+import contextlib
 import io
+import re
 import struct
 import warnings
 
@@ -22,6 +24,14 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Pillow's parsers raise all of these on malformed input, depending on where the damage is.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+# Every scan of a JPEG is a pass over all of its blocks: a progressive JPEG has about ten, and a crafted one
+# with a million empty scans keeps a decoder busy for most of an hour.
+MAX_JPEG_SCANS = 100
+# The end of a JPEG scan's entropy-coded data: 0xFF (and fill bytes) before a byte that is neither stuffing
+# (0x00) nor a restart marker (0xD0-0xD7).
+_NEXT_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# Rows composited on white at a time, so that an alpha image costs no full-size temporaries.
+_COMPOSITE_ROWS = 256
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -49,15 +59,42 @@ def decode_image(data: bytes, *, limits: IntakeLimits = DEFAULT_LIMITS) -> np.nd
     image_format = sniff_format(data)
     if image_format is None:
         raise UnsupportedFormat("Only JPEG, PNG and WebP images are accepted.")
+    if image_format == "JPEG" and (scans := jpeg_scan_count(data)) > MAX_JPEG_SCANS:
+        raise CorruptImage(f"The JPEG image has {scans:,} scans; at most {MAX_JPEG_SCANS} are accepted.")
 
     image = _open_header(data, image_format, limits)
     try:
         image.load()
     except Image.DecompressionBombError as error:
-        raise TooManyPixels(f"The image decodes to too many pixels: {error}") from error
+        raise TooManyPixels("The image decodes to too many pixels.") from error
     except _DECODE_ERRORS as error:
-        raise CorruptImage(f"The {image_format} image is truncated or corrupt: {error}") from error
+        raise CorruptImage(f"The {image_format} image is truncated or corrupt.") from error
     return _to_bgr(_upright(image))
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """How many scans (SOS segments) the JPEG holds, found by walking its segments without decoding. Bytes
+    inside other segments (an EXIF thumbnail is a JPEG of its own) are skipped, not counted. A walk that
+    loses its way stops there: the decoder then judges the file."""
+    scans, position = 0, 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            position += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            position += 2
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+            following = _NEXT_JPEG_MARKER.search(data, position)
+            if following is None:
+                break
+            position = following.end() - 2
+    return scans
 
 
 def _open_header(data: bytes, image_format: str, limits: IntakeLimits) -> Image.Image:
@@ -69,9 +106,12 @@ def _open_header(data: bytes, image_format: str, limits: IntakeLimits) -> Image.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[image_format])
     except Image.DecompressionBombError as error:
-        raise TooManyPixels(f"The image announces too many pixels: {error}") from error
+        raise TooManyPixels(
+            f"The image announces too many pixels; the limit is {limits.max_pixels:,}."
+        ) from error
     except (UnidentifiedImageError, *_DECODE_ERRORS) as error:
-        raise CorruptImage(f"The {image_format} header is corrupt: {error}") from error
+        # Pillow's own words name its internals (an object's address, its own limits), not the client's file.
+        raise CorruptImage(f"The {image_format} header is corrupt or not supported.") from error
     width, height = image.size
     if width <= 0 or height <= 0:
         raise CorruptImage(f"The image header announces an empty {width}x{height} image.")
@@ -83,11 +123,10 @@ def _open_header(data: bytes, image_format: str, limits: IntakeLimits) -> Image.
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image)
-    except _DECODE_ERRORS:
-        # A malformed EXIF block must not cost the client a perfectly decodable image: keep it as stored.
-        return image
+    # A malformed EXIF block must not cost the client a perfectly decodable image: it is kept as stored.
+    with contextlib.suppress(_DECODE_ERRORS):
+        ImageOps.exif_transpose(image, in_place=True)  # no second full-size copy
+    return image
 
 
 def _to_bgr(image: Image.Image) -> np.ndarray:
@@ -99,11 +138,22 @@ def _to_bgr(image: Image.Image) -> np.ndarray:
         return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     if mode == "L":
         return cv2.cvtColor(np.asarray(image), cv2.COLOR_GRAY2BGR)
-    if mode in {"RGBA", "LA", "La", "RGBa", "PA"} or (mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[..., 3:4] / 255.0
-        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-        return cv2.cvtColor(np.rint(rgb).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    if mode in {"RGBA", "LA", "La", "RGBa", "PA"} or "transparency" in image.info:
+        return _composited_on_white(np.asarray(image.convert("RGBA")))
     if mode != "RGB":
         image = image.convert("RGB")
     return cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+
+
+def _composited_on_white(rgba: np.ndarray) -> np.ndarray:
+    """BGR of an RGBA image laid on white, rounded to nearest, a band of rows at a time in 16-bit integers
+    (in floats a 40-megapixel image needed 2.4 GB)."""
+    bgr = np.empty((*rgba.shape[:2], 3), np.uint8)
+    for top in range(0, rgba.shape[0], _COMPOSITE_ROWS):
+        band = rgba[top : top + _COMPOSITE_ROWS].astype(np.uint16)
+        alpha = band[..., 3:4]
+        # (x + 127) // 255 rounds x / 255 to nearest: x is an integer, so x / 255 never ends in exactly .5.
+        bgr[top : top + _COMPOSITE_ROWS] = (
+            (band[..., 2::-1] * alpha + 255 * (255 - alpha) + 127) // 255
+        ).astype(np.uint8)
+    return bgr

@@ -280,3 +280,68 @@ def test_grayscale_with_alpha_is_composited_on_white():
     decoded = decode_image(pil_bytes(gray_alpha, "PNG"))
 
     assert decoded[0, 0].tolist() == [255, 255, 255]
+
+
+def test_an_rgb_png_with_a_transparent_colour_key_is_composited_on_white():
+    rgb = Image.new("RGB", (8, 8), (80, 80, 80))
+    rgb.paste((0, 0, 255), (4, 0, 8, 8))
+
+    decoded = decode_image(pil_bytes(rgb, "PNG", transparency=(80, 80, 80)))
+
+    assert decoded[0, 0].tolist() == [255, 255, 255], "the key colour is transparent"
+    assert decoded[0, 7].tolist() == [255, 0, 0]
+
+
+def test_alpha_compositing_rounds_every_level_to_the_nearest_value():
+    levels = np.arange(256, dtype=np.uint8)
+    rgba = np.zeros((256, 256, 4), np.uint8)
+    rgba[..., 0] = levels[:, None]  # red: every value against every alpha
+    rgba[..., 3] = levels[None, :]
+
+    decoded = decode_image(pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG"))
+
+    red = levels[:, None].astype(np.float64)
+    alpha = levels[None, :] / 255.0
+    expected = np.rint(red * alpha + 255.0 * (1.0 - alpha))
+    assert np.array_equal(decoded[..., 2], expected)
+    assert np.array_equal(decoded[..., 0], np.rint(255.0 * (1.0 - alpha)).repeat(256, axis=0))
+
+
+def _with_empty_scans(jpeg: bytes, count: int) -> bytes:
+    """A progressive JPEG with `count` more scans, each an AC scan of the first component with no data."""
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x01\x3f\x00"
+    assert jpeg.endswith(b"\xff\xd9")
+    return jpeg[:-2] + empty_scan * count + b"\xff\xd9"
+
+
+def _progressive_jpeg(**save_options) -> bytes:
+    rng = np.random.default_rng(5)
+    gray = Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), "L")
+    return pil_bytes(gray, "JPEG", progressive=True, **save_options)
+
+
+def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_decoding(decoding_forbidden):
+    with pytest.raises(CorruptImage, match="scans"):
+        decode_image(_with_empty_scans(_progressive_jpeg(), 1_000))
+
+
+def _with_comment(jpeg: bytes, comment: bytes) -> bytes:
+    segment = b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def test_progressive_jpegs_and_jpegs_whose_other_segments_hold_scan_markers_decode():
+    plain = decode_image(_progressive_jpeg())
+    # Bytes inside a segment (a comment, an EXIF thumbnail) are not scans.
+    with_markers_in_a_comment = decode_image(_with_comment(_progressive_jpeg(), b"\xff\xda" * 500))
+    a_few_more_scans = decode_image(_with_empty_scans(_progressive_jpeg(), 20))
+
+    assert plain.shape == with_markers_in_a_comment.shape == a_few_more_scans.shape == (64, 64, 3)
+
+
+def test_a_refusal_says_nothing_of_the_decoders_internals():
+    with pytest.raises(CorruptImage) as refusal:
+        decode_image(PNG_MAGIC + b"\x00" * 64)
+
+    assert "0x" not in refusal.value.detail
+    assert "BytesIO" not in refusal.value.detail
