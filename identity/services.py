@@ -42,7 +42,7 @@ from identity.serializers import face_geometry, face_representation
 from tenants.rls import operator_transaction, tenant_transaction
 from tenants.services import check_capacity, check_quota, record_audit_event, record_usage
 from workers.pipeline.config import RIVAL_FACE_AREA_RATIO, QualityFloors
-from workers.pipeline.errors import ImageRejected
+from workers.pipeline.errors import ImageRejected, ImageTooLarge
 from workers.pipeline.intake import decode_image
 from workers.pipeline.pipeline import FaceAnalysis, FacePipeline, ImageAnalysis
 from workers.pipeline.quality import quality_issues
@@ -51,6 +51,8 @@ MAX_ENROLL_FACES_CONSIDERED = 20
 # Far longer than any enrollment runs or waits in a healthy queue.
 STALLED_JOB_AFTER = timedelta(minutes=10)
 STALLED_JOBS_PER_SWEEP = 500
+# The task's own retries make at most 6 attempts; the rest is room for redeliveries after a lost worker.
+MAX_ENROLLMENT_ATTEMPTS = 10
 # How long a retry with the same Idempotency-Key gets the first request's outcome (Stripe keeps keys 24 h).
 IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
 OBJECT_DELETION_MAX_BACKOFF = timedelta(hours=1)
@@ -64,17 +66,88 @@ FAILURES_WORTH_A_RETRY = (INTERNAL_ERROR, TENANT_INACTIVE)
 FAILURES_NOT_ABOUT_THE_IMAGE = (SUBJECT_DELETED, *FAILURES_WORTH_A_RETRY)
 
 
+# --- Idempotency ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """Who asked for a billable call: the client's `Idempotency-Key` (empty when it sent none), the request
+    id, and a fingerprint of what was asked (method, path, options, image bytes)."""
+
+    idempotency_key: str
+    request_id: str
+    fingerprint: str
+
+
+def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> tuple[IdempotentRequest, bool]:
+    """The record of the request's Idempotency-Key, and whether this request is its first use. A key first
+    used for a different request is refused (422): an enrollment before its job is made, a recognition call
+    after its analysis but before it is billed. Run it inside the tenant's transaction: a concurrent request
+    with the same key waits on the unique index until this transaction ends."""
+    try:
+        with transaction.atomic():
+            return IdempotentRequest.objects.create(
+                tenant=tenant,
+                key=client_request.idempotency_key,
+                fingerprint=client_request.fingerprint,
+                status_code=200,
+                body={},
+            ), True
+    except IntegrityError:
+        earlier = IdempotentRequest.objects.get(tenant=tenant, key=client_request.idempotency_key)
+    if earlier.fingerprint != client_request.fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was first used with a different request; use a new key."
+        )
+    return earlier, False
+
+
+def _claim_for_creation(*, tenant, client_request: ClientRequest | None) -> IdempotentRequest | None:
+    """The Idempotency-Key claim of a create request, None without a key; its body names what the first
+    request created, and is empty on the first use (the creation rolls back with the claim if it fails)."""
+    if client_request is None or not client_request.idempotency_key:
+        return None
+    claim, _ = claim_idempotency_key(tenant=tenant, client_request=client_request)
+    return claim
+
+
+def _remember_creation(claim: IdempotentRequest | None, **created_ids: str) -> None:
+    if claim is not None:
+        claim.status_code, claim.body = 201, created_ids
+        claim.save(update_fields=["status_code", "body"])
+
+
+def _meter_call(*, tenant, api_key, operation: str, client_request: ClientRequest) -> None:
+    """Bill a successful recognition call once per client request, inside the tenant's transaction. With an
+    Idempotency-Key, the ledger key names its claim too, so that the same key reused after it expired bills
+    its new call. Without one, every call is a new ledger key: never the request id, which a client may send
+    (X-Request-ID) and repeat."""
+    if client_request.idempotency_key:
+        claim, _ = claim_idempotency_key(tenant=tenant, client_request=client_request)
+        usage_key = f"idempotency:{claim.id}:{client_request.idempotency_key}"
+    else:
+        usage_key = f"call:{uuid.uuid4()}"
+    record_usage(tenant=tenant, api_key=api_key, operation=operation, units=1, idempotency_key=usage_key)
+
+
 # --- Galleries and subjects -------------------------------------------------------------------------------
 
 
 @transaction.atomic
-def create_gallery(*, tenant, actor, name: str, description: str = "") -> Gallery:
+def create_gallery(
+    *, tenant, actor, name: str, description: str = "", client_request: ClientRequest | None = None
+) -> Gallery:
+    """A new gallery; a retry with the same Idempotency-Key gets the gallery of its first request."""
+    claim = _claim_for_creation(tenant=tenant, client_request=client_request)
+    if claim is not None and claim.body:
+        return selectors.gallery_get(tenant=tenant, gallery_id=claim.body["gallery_id"])
     gallery = Gallery.objects.create(
         tenant=tenant, name=name, description=description, model_version=get_face_pipeline().model_version
     )
     record_audit_event(
         tenant=tenant, actor=actor, action="gallery.created", object_type="gallery", object_id=str(gallery.id)
     )
+    _remember_creation(claim, gallery_id=str(gallery.id))
     return gallery
 
 
@@ -117,8 +190,20 @@ def delete_gallery(*, tenant, actor, gallery: Gallery) -> None:
 
 @transaction.atomic
 def create_subject(
-    *, tenant, actor, gallery: Gallery, external_id: str, name: str = "", metadata: dict | None = None
+    *,
+    tenant,
+    actor,
+    gallery: Gallery,
+    external_id: str,
+    name: str = "",
+    metadata: dict | None = None,
+    client_request: ClientRequest | None = None,
 ) -> Subject:
+    """A new subject; a retry with the same Idempotency-Key gets the subject of its first request, not a 409
+    for the external_id its first request took."""
+    claim = _claim_for_creation(tenant=tenant, client_request=client_request)
+    if claim is not None and claim.body:
+        return selectors.subject_get(tenant=tenant, subject_id=claim.body["subject_id"])
     try:
         with transaction.atomic():
             subject = Subject.objects.create(
@@ -132,6 +217,7 @@ def create_subject(
     record_audit_event(
         tenant=tenant, actor=actor, action="subject.created", object_type="subject", object_id=str(subject.id)
     )
+    _remember_creation(claim, subject_id=str(subject.id))
     return subject
 
 
@@ -215,55 +301,6 @@ def _schedule_object_deletion(*, tenant, keys: list[str]) -> None:
         transaction.on_commit(lambda: purge_deleted_images.delay(tenant_id=tenant_id))
 
 
-# --- Idempotency ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClientRequest:
-    """Who asked for a billable call: the client's `Idempotency-Key` (empty when it sent none), the request
-    id, and a fingerprint of what was asked (method, path, options, image bytes)."""
-
-    idempotency_key: str
-    request_id: str
-    fingerprint: str
-
-
-def claim_idempotency_key(*, tenant, client_request: ClientRequest) -> tuple[IdempotentRequest, bool]:
-    """The record of the request's Idempotency-Key, and whether this request is its first use. A key first
-    used for a different request is refused (422): an enrollment before its job is made, a recognition call
-    after its analysis but before it is billed. Run it inside the tenant's transaction: a concurrent request
-    with the same key waits on the unique index until this transaction ends."""
-    try:
-        with transaction.atomic():
-            return IdempotentRequest.objects.create(
-                tenant=tenant,
-                key=client_request.idempotency_key,
-                fingerprint=client_request.fingerprint,
-                status_code=200,
-                body={},
-            ), True
-    except IntegrityError:
-        earlier = IdempotentRequest.objects.get(tenant=tenant, key=client_request.idempotency_key)
-    if earlier.fingerprint != client_request.fingerprint:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was first used with a different request; use a new key."
-        )
-    return earlier, False
-
-
-def _meter_call(*, tenant, api_key, operation: str, client_request: ClientRequest) -> None:
-    """Bill a successful recognition call once per client request, inside the tenant's transaction. With an
-    Idempotency-Key, the ledger key names its claim too, so that the same key reused after it expired bills
-    its new call. Without one, every call is a new ledger key: never the request id, which a client may send
-    (X-Request-ID) and repeat."""
-    if client_request.idempotency_key:
-        claim, _ = claim_idempotency_key(tenant=tenant, client_request=client_request)
-        usage_key = f"idempotency:{claim.id}:{client_request.idempotency_key}"
-    else:
-        usage_key = f"call:{uuid.uuid4()}"
-    record_usage(tenant=tenant, api_key=api_key, operation=operation, units=1, idempotency_key=usage_key)
-
-
 # --- Enrollment ------------------------------------------------------------------------------------------
 
 
@@ -274,6 +311,13 @@ def image_key(*, tenant_id: uuid.UUID, face_id: uuid.UUID) -> str:
 def enrolled_face_id(job_id: str) -> uuid.UUID:
     """The id of the face a job enrolls, the same in every attempt, and so is its image's key."""
     return uuid.uuid5(uuid.UUID(job_id), "face")
+
+
+def refuse_oversized_image(*, size: int) -> None:
+    """Refuse an uploaded file over the image limit before its bytes are read into memory."""
+    limit = get_face_pipeline().config.intake.max_bytes
+    if size > limit:
+        raise InvalidImage(ImageTooLarge(f"The image is {size:,} bytes; the limit is {limit:,} bytes."))
 
 
 def validate_image(*, image_bytes: bytes) -> None:
@@ -353,6 +397,18 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             return job
         if not job.tenant.is_active:
             return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=_inactive(job.tenant))
+        if job.attempts >= MAX_ENROLLMENT_ATTEMPTS:
+            # Each attempt killed its worker (out of memory, say) before it could fail: redelivered and
+            # re-sent for ever, it would take a worker down every time.
+            return _finish_job(
+                job_id=job_id,
+                tenant_id=tenant_id,
+                face=None,
+                error={
+                    "reason": INTERNAL_ERROR,
+                    "detail": f"Enrollment was attempted {job.attempts} times and never finished.",
+                },
+            )
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
         job.save(update_fields=["status", "started_at", "attempts"])
         subject_id = job.subject_id

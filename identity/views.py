@@ -9,7 +9,6 @@ import time
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from identity import selectors, services
@@ -34,13 +33,13 @@ from identity.serializers import (
     job_representation,
     subject_representation,
 )
-from infra.parsers import ApiJSONParser
+from infra.parsers import ApiJSONParser, ApiMultiPartParser
 from tenants.problems import TenantSuspended
 from tenants.views import TenantAPIView
 
 JOB_POLL_INTERVAL_SECONDS = 0.1
 # Routes that take an image: a multipart upload or JSON with base64 (an urlencoded form cannot carry one).
-IMAGE_PARSERS = [MultiPartParser, ApiJSONParser]
+IMAGE_PARSERS = [ApiMultiPartParser, ApiJSONParser]
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
@@ -53,6 +52,7 @@ def _validated(serializer_class, data) -> dict:
 def _image_from(request, field: str) -> bytes | None:
     upload = request.FILES.get(field)
     if upload is not None:
+        services.refuse_oversized_image(size=upload.size)
         return upload.read()
     encoded = request.data.get(f"{field}_base64") if hasattr(request.data, "get") else None
     if encoded is None:
@@ -120,8 +120,11 @@ class GalleryListView(TenantAPIView):
     @extend_schema(request=GalleryCreateSerializer, responses={201: dict})
     def post(self, request):
         data = _validated(GalleryCreateSerializer, request.data)
+        client_request = _client_request(request, options=data, images=())
         with self.tenant_transaction():
-            gallery = services.create_gallery(tenant=self.tenant, actor=request.user, **data)
+            gallery = services.create_gallery(
+                tenant=self.tenant, actor=request.user, client_request=client_request, **data
+            )
             gallery = selectors.gallery_with_counts_get(tenant=self.tenant, gallery_id=gallery.id)
         return Response(gallery_representation(gallery), status=status.HTTP_201_CREATED)
 
@@ -167,9 +170,12 @@ class SubjectListView(TenantAPIView):
     @extend_schema(request=SubjectCreateSerializer, responses={201: dict})
     def post(self, request, gallery_id):
         data = _validated(SubjectCreateSerializer, request.data)
+        client_request = _client_request(request, options=data, images=())
         with self.tenant_transaction():
             gallery = selectors.gallery_get(tenant=self.tenant, gallery_id=gallery_id)
-            subject = services.create_subject(tenant=self.tenant, actor=request.user, gallery=gallery, **data)
+            subject = services.create_subject(
+                tenant=self.tenant, actor=request.user, gallery=gallery, client_request=client_request, **data
+            )
             subject = selectors.subject_get(tenant=self.tenant, subject_id=subject.id)
         return Response(subject_representation(subject), status=status.HTTP_201_CREATED)
 

@@ -1,4 +1,4 @@
-"""JSON request bodies, refused with a clear 4xx problem where DRF's JSONParser would end in a 500.
+"""Request bodies, refused with a clear 4xx problem where DRF's parsers would end in a 500 or read too much.
 
 DRF's parser reads a body of any size (Django's DATA_UPLOAD_MAX_MEMORY_SIZE guards `request.body`, which
 DRF bypasses) and lets a deeply nested document raise RecursionError, there or later.
@@ -8,7 +8,7 @@ import io
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 
 from infra.problems import Problem
 
@@ -49,6 +49,22 @@ class ApiJSONParser(JSONParser):
         if json_depth(data) > MAX_JSON_DEPTH:
             raise _nested_too_deeply()
         return data
+
+
+class ApiMultiPartParser(MultiPartParser):
+    """Refuses a form larger than the request could need from its Content-Length, before Django spools its
+    files into memory or onto the (memory-backed) temporary directory. Django reads no body past the
+    Content-Length it was given, so a body without one is not a way around this."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.VISOR_MAX_MULTIPART_BODY_BYTES
+        try:
+            length = int(parser_context["request"].META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > limit:
+            raise RequestTooLarge(f"A form request body may hold at most {limit} bytes.")
+        return super().parse(stream, media_type, parser_context)
 
 
 def _nested_too_deeply() -> ParseError:

@@ -151,6 +151,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = VISOR_MAX_IMAGE_BYTES * 4 // 3 + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 # A JSON body may carry two base64 images (verify's `image_base64` and `image2_base64`).
 VISOR_MAX_JSON_BODY_BYTES = 2 * (VISOR_MAX_IMAGE_BYTES * 4 // 3) + 1024 * 1024
+# A form may carry two images too (verify's `image` and `image2`), as raw bytes.
+VISOR_MAX_MULTIPART_BODY_BYTES = 2 * VISOR_MAX_IMAGE_BYTES + 1024 * 1024
 
 # --- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -159,7 +161,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": [
         "infra.parsers.ApiJSONParser",
         "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "infra.parsers.ApiMultiPartParser",
     ],
     "EXCEPTION_HANDLER": "infra.problems.problem_exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -180,3 +180,23 @@ def test_an_enrollment_queued_before_its_tenant_was_suspended_is_not_processed_n
     assert (faces, billed) == (0, 0)
     assert retried.status_code == 202
     assert retried.json()["job"]["id"] != str(job.id), "the key was released: the retry makes a new job"
+
+
+def test_a_job_whose_every_attempt_took_its_worker_down_fails_instead_of_running_for_ever(
+    tenant_api, subject
+):
+    tenant_id = str(tenant_api.tenant.id)
+    job_id = tenant_api.enroll(subject["id"], person_image(11), wait="false").json()["job"]["id"]
+    with tenant_transaction(tenant_id):
+        Job.objects.filter(id=job_id).update(
+            status=Job.Status.RUNNING, attempts=services.MAX_ENROLLMENT_ATTEMPTS
+        )
+
+    services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id)
+
+    job = tenant_api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert job["error"]["reason"] == "INTERNAL_ERROR"
+    assert "attempted 10 times" in job["error"]["detail"]
+    with tenant_transaction(tenant_id):
+        assert not Face.objects.exists()

@@ -253,3 +253,33 @@ def test_every_identity_route_needs_an_api_key(client):
 
     assert response.status_code == 401
     assert response["Content-Type"] == "application/problem+json"
+
+
+def test_a_create_retried_with_its_idempotency_key_answers_the_first_result_and_creates_nothing_twice(
+    tenant_api,
+):
+    key = {"Idempotency-Key": "create-lobby-1"}
+    first = tenant_api.post("/v1/galleries", {"name": "Lobby"}, content_type="application/json", headers=key)
+    retried = tenant_api.post(
+        "/v1/galleries", {"name": "Lobby"}, content_type="application/json", headers=key
+    )
+    other_request = tenant_api.post(
+        "/v1/galleries", {"name": "Annex"}, content_type="application/json", headers=key
+    )
+    subject_path = f"/v1/galleries/{first.json()['id']}/subjects"
+    subject_key = {"Idempotency-Key": "create-ada-1"}
+    subjects = [
+        tenant_api.post(
+            subject_path, {"external_id": "emp-1"}, content_type="application/json", headers=subject_key
+        )
+        for _ in range(2)
+    ]
+
+    assert (first.status_code, retried.status_code) == (201, 201)
+    assert retried.json()["id"] == first.json()["id"]
+    assert other_request.status_code == 422
+    assert other_request.json()["type"].endswith("/idempotency-key-reused")
+    assert [gallery["name"] for gallery in tenant_api.get("/v1/galleries").json()["data"]] == ["Lobby"]
+    assert [response.status_code for response in subjects] == [201, 201], "not a 409 for its own external_id"
+    assert subjects[1].json()["id"] == subjects[0].json()["id"]
+    assert len(tenant_api.get(subject_path).json()["data"]) == 1

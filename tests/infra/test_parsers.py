@@ -1,6 +1,8 @@
+import io
 import json
 
 import pytest
+from django.core.files.uploadedfile import InMemoryUploadedFile
 
 from tests.identity.conftest import make_tenant_api
 
@@ -53,3 +55,39 @@ def test_the_json_limit_leaves_room_for_two_base64_images_of_the_largest_size(se
     envelope = json.dumps({"image_base64": "", "image2_base64": "", "threshold": 0.5})
 
     assert 2 * base64_image + len(envelope) <= settings.VISOR_MAX_JSON_BODY_BYTES
+
+
+def test_a_form_body_over_the_limit_is_refused_from_its_length_with_413(api, settings):
+    settings.VISOR_MAX_MULTIPART_BODY_BYTES = 1000
+
+    too_large = api.post("/v1/detect", {"image": _upload(b"\xff\xd8\xff" + b"\x00" * 2000)})
+    subject_form = api.post("/v1/galleries", {"name": "x" * 2000})
+
+    for response in (too_large, subject_form):
+        assert response.status_code == 413
+        assert response["Content-Type"] == "application/problem+json"
+        assert response.json()["type"].endswith("/request-too-large")
+
+
+def test_an_uploaded_image_over_the_image_limit_is_refused_unread_with_413(api, settings, monkeypatch):
+    limit = settings.VISOR_MAX_IMAGE_BYTES
+    read = []
+    monkeypatch.setattr(InMemoryUploadedFile, "read", lambda self, *args: read.append(self) or b"")
+
+    response = api.post("/v1/detect", {"image": _upload(b"\xff\xd8\xff" + b"\x00" * limit)})
+
+    assert response.status_code == 413
+    assert response.json()["type"].endswith("/invalid-image")
+    assert response.json()["reason"] == "IMAGE_TOO_LARGE"
+    assert read == [], "refused from its size, not read"
+
+
+def test_the_form_limit_leaves_room_for_two_images_of_the_largest_size(settings):
+    assert 2 * settings.VISOR_MAX_IMAGE_BYTES + 64 * 1024 <= settings.VISOR_MAX_MULTIPART_BODY_BYTES
+
+
+def _upload(data: bytes) -> io.BytesIO:
+    """A file for the test client to send (not an uploaded-file object: those are patched above)."""
+    upload = io.BytesIO(data)
+    upload.name = "photo.jpg"
+    return upload
