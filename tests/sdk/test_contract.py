@@ -9,7 +9,7 @@ import pytest
 import visor
 from django.urls import Resolver404, resolve
 from drf_spectacular.generators import SchemaGenerator
-from visor._base import JOB_FAILURES_NOT_ABOUT_THE_IMAGE, job_failure
+from visor._base import JOB_FAILURES_NOT_ABOUT_THE_IMAGE, job_failure, spec_usage
 from visor._errors import _BY_TYPE
 from visor._routes import OPERATIONS
 from visor.cli import main as cli_main
@@ -154,3 +154,9 @@ def test_usage_and_invoices(client):
     assert cli_main(["--api-key", client.api_key, "--base-url", client.base_url, "usage"], stdout=out) == 0
     assert out.getvalue().splitlines()[0].startswith("PERIOD")
     assert out.getvalue().splitlines()[-1].startswith("total")
+
+
+def test_usage_asked_until_a_day_starts_from_the_first_of_that_month():
+    params = spec_usage(None, "2024-01-31", None).params
+
+    assert (params["from"], params["to"]) == ("2024-01-01", "2024-01-31")

@@ -126,3 +126,57 @@ def test_connection_errors_are_retried_then_raised(visor_server):
         client.galleries.create(name="x")
     assert len(transport.requests) == 1 + FAST.max_retries
     assert len({r.headers["Idempotency-Key"] for r in transport.requests}) == 1
+
+
+def _drop_the_first_answer_to(method: str):
+    """A fault that forwards the first `method` request and loses its answer, as a broken connection does."""
+    dropped = []
+
+    def fault(request, attempt):
+        if request.method == method and not dropped:
+            dropped.append(request)
+            return "drop-after-send"
+        return None
+
+    return fault
+
+
+def test_a_create_whose_answer_was_lost_is_retried_without_making_a_second_one(visor_server):
+    transport = RecordingTransport(_drop_the_first_answer_to("POST"))
+    with _client(visor_server, transport) as client:
+        gallery = client.galleries.create(name="Staff")
+        galleries = list(client.galleries.list())
+    subject_transport = RecordingTransport(_drop_the_first_answer_to("POST"))
+    with _client(visor_server, subject_transport) as client:
+        subject = client.subjects.create(gallery_id=gallery.id, external_id="ann", name="Ann")
+        subjects = list(client.subjects.list(gallery_id=gallery.id))
+
+    assert transport.statuses[:2] == [None, 201]
+    assert [listed.id for listed in galleries] == [gallery.id]
+    assert subject_transport.statuses[:2] == [None, 201], "the first subject again, not a 409"
+    assert [(listed.id, listed.name) for listed in subjects] == [(subject.id, "Ann")]
+
+
+def test_a_delete_whose_answer_was_lost_succeeds_when_its_retry_finds_nothing_left(visor_server):
+    transport = RecordingTransport(_drop_the_first_answer_to("DELETE"))
+    with _client(visor_server, transport) as client:
+        gallery = client.galleries.create(name="Gone")
+        client.galleries.delete(gallery.id)
+        with pytest.raises(visor.NotFoundError):
+            client.galleries.get(gallery.id)
+        with pytest.raises(visor.NotFoundError):
+            client.galleries.delete(gallery.id)  # a first attempt that finds nothing is still an error
+
+    deletes = zip(transport.requests, transport.statuses, strict=True)
+    assert [status for request, status in deletes if request.method == "DELETE"] == [None, 404, 404]
+
+
+def test_a_503_waits_as_long_as_its_retry_after_says():
+    policy = visor.RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.05)
+    enrollment_failed = httpx.Response(
+        503, headers={"Retry-After": "30"}, json={"type": "https://visor.dev/problems/enrollment-failed"}
+    )
+
+    delay = policy.delay_for(0, enrollment_failed)
+
+    assert 30 <= delay <= 30.25

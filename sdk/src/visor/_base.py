@@ -62,12 +62,12 @@ class RetryPolicy:
             return self.backoff(attempt)
         if response.status_code not in RETRYABLE_STATUS:
             return None
-        if response.status_code == 429:
-            if _problem_type(response) == "quota-exceeded":
-                return None  # the quota resets at the start of next month; retrying now cannot help
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if retry_after is not None:
-                return None if retry_after > self.max_retry_after else retry_after + random.uniform(0, 0.25)
+        if response.status_code == 429 and _problem_type(response) == "quota-exceeded":
+            return None  # the quota resets at the start of next month; retrying now cannot help
+        # A 503 says when too (an enrollment the service could not finish): sooner would fail again.
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if retry_after is not None:
+            return None if retry_after > self.max_retry_after else retry_after + random.uniform(0, 0.25)
         return self.backoff(attempt)
 
 
@@ -92,6 +92,11 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def already_deleted(spec: RequestSpec, response: httpx.Response, attempt: int) -> bool:
+    """A DELETE that finds nothing after an attempt whose answer was lost: that attempt deleted it."""
+    return spec.method == "DELETE" and response.status_code == 404 and attempt > 0
 
 
 def raise_for_problem(response: httpx.Response) -> None:
@@ -240,14 +245,14 @@ def spec_enroll(
 def spec_usage(
     from_: date | datetime | str | None, to: date | datetime | str | None, granularity: str | None
 ) -> RequestSpec:
-    """`from_` defaults to the first day of this month (UTC), `to` to today."""
-    today = datetime.now(UTC).date()
+    """`to` defaults to today (UTC), `from_` to the first day of `to`'s month."""
+    until = _date(to) or datetime.now(UTC).date().isoformat()
     return RequestSpec(
         "GET",
         "/v1/usage",
         params={
-            "from": _date(from_) or today.replace(day=1).isoformat(),
-            "to": _date(to) or today.isoformat(),
+            "from": _date(from_) or date.fromisoformat(until).replace(day=1).isoformat(),
+            "to": until,
             "granularity": granularity,
         },
     )

@@ -17,6 +17,7 @@ from visor._base import (
     QualityFilter,
     RequestSpec,
     RetryPolicy,
+    already_deleted,
     face_or_job,
     finished_face,
     json_of,
@@ -109,7 +110,8 @@ class Client(BaseClient):
             else:
                 delay = self.retry_policy.delay_for(attempt, response)
                 if delay is None:
-                    raise_for_problem(response)
+                    if not already_deleted(spec, response, attempt):
+                        raise_for_problem(response)
                     return response
                 response.close()
             time.sleep(delay)
@@ -361,7 +363,8 @@ class AsyncClient(BaseClient):
             else:
                 delay = self.retry_policy.delay_for(attempt, response)
                 if delay is None:
-                    raise_for_problem(response)
+                    if not already_deleted(spec, response, attempt):
+                        raise_for_problem(response)
                     return response
                 await response.aclose()
             await asyncio.sleep(delay)
