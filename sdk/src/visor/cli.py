@@ -13,19 +13,19 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
 from visor._base import QualityFilter
 from visor._client import Client
-from visor._errors import ConflictError, FaceRejectedError, NotFoundError, VisorError
+from visor._errors import ConflictError, FaceRejectedError, InvalidImageError, NotFoundError, VisorError
 from visor._models import Face, Gallery, Subject
 
 EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 STATE_FILE = ".visor-enroll-state.json"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})  # the formats the server accepts
 QUALITY_FILTER_ARGUMENT: dict[str, Any] = {
     "choices": get_args(QualityFilter),
     "help": "how strict the server is about face quality: auto (default), low (identification's floors), "
@@ -134,9 +134,29 @@ def find_or_create_subject(
 
 
 def _readable_file(path: str) -> str:
+    if os.path.isdir(path):
+        raise UsageError(f"not a file: {path}")
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path}")
+    # Opened here, before any request, so an unreadable file is a usage error rather than a traceback
+    # after the files before it were uploaded.
+    try:
+        open(path, "rb").close()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
     return path
+
+
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--metadata is not valid JSON: {error}") from None
+    if not isinstance(metadata, dict):
+        raise UsageError("--metadata must be a JSON object")
+    return metadata
 
 
 # --- Commands ---------------------------------------------------------------------------------------------
@@ -167,9 +187,9 @@ def cmd_galleries(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_subjects(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    metadata = _metadata(args.metadata) if args.action == "create" else None
     gallery = resolve_gallery(client, args.gallery)
     if args.action == "create":
-        metadata = json.loads(args.metadata) if args.metadata else None
         subject = client.subjects.create(
             gallery_id=gallery.id, external_id=args.external_id, name=args.name, metadata=metadata
         )
@@ -201,6 +221,9 @@ def cmd_enroll(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             results.append(
                 {"file": path, "status": "rejected", "reasons": error.reasons, "detail": error.detail}
             )
+        except (VisorError, OSError) as error:
+            # One bad file (not an image, a job that failed or timed out) must not cost the files after it.
+            results.append({"file": path, "status": "failed", "error": str(error)})
         else:
             assert isinstance(face, Face)
             results.append({"file": path, "status": "enrolled", "face_id": face.id})
@@ -209,7 +232,8 @@ def cmd_enroll(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(f"subject {subject.external_id!r} {subject.id}\n")
         rows = [
-            (r["file"], r["status"], r.get("face_id") or ", ".join(r.get("reasons", []))) for r in results
+            (r["file"], r["status"], r.get("face_id") or r.get("error") or ", ".join(r.get("reasons", [])))
+            for r in results
         ]
         table(["file", "status", "face / reasons"], rows, out)
     return EXIT_OK if all(r["status"] == "enrolled" for r in results) else EXIT_API_ERROR
@@ -226,24 +250,49 @@ class EnrollState:
             self._data = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             self._data = {}
+        except OSError as error:
+            raise UsageError(f"cannot read {self.path}: {error.strerror}") from None
+        if not _is_enroll_state(self._data):
+            raise UsageError(f"{self.path} is not an enroll-dir state file; move it away to start afresh")
         self._data.setdefault("version", 1)
         self.files: dict[str, dict[str, Any]] = self._data.setdefault("galleries", {}).setdefault(
             gallery_id, {}
         )
+        # Written once before any upload, so a directory the state cannot be saved in fails before anything
+        # is enrolled (and billed) without a record.
+        self._save()
 
     def record(self, relpath: str, outcome: dict[str, Any]) -> None:
         with self._lock:
             self.files[relpath] = outcome
-            tmp = self.path.with_suffix(".tmp")
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
             tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
+        except OSError as error:
+            raise UsageError(f"cannot write {self.path}: {error.strerror}") from None
+
+
+def _is_enroll_state(data: Any) -> bool:
+    """Whether `data` has the shape EnrollState reads: {"galleries": {id: {relpath: {outcome}}}}."""
+    galleries = data.get("galleries", {}) if isinstance(data, dict) else None
+    return isinstance(galleries, dict) and all(
+        isinstance(files, dict) and all(isinstance(outcome, dict) for outcome in files.values())
+        for files in galleries.values()
+    )
 
 
 def _person_files(directory: Path) -> list[tuple[str, Path]]:
     found = []
     for person in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(person.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+            # Hidden files are not photos even when named like one: macOS puts `._IMG.jpg` resource forks
+            # next to every file it copies, and thumbnail caches live in hidden folders.
+            hidden = any(part.startswith(".") for part in file.relative_to(person).parts)
+            if file.is_file() and not hidden and file.suffix.lower() in IMAGE_SUFFIXES:
                 found.append((person.name, file))
     return found
 
@@ -285,12 +334,12 @@ def cmd_enroll_dir(client: Client, args: argparse.Namespace, out: TextIO, err: T
     def upload(external_id: str, file: Path) -> tuple[str, dict[str, Any]]:
         relpath = file.relative_to(directory).as_posix()
         subject = subjects[external_id]
-        stat = file.stat()
-        # A stable key per (subject, file, options): a rerun after a crash gets the earlier job back, not a
-        # duplicate, and a rerun with other options (--retry-rejected --largest) is a new request.
-        request = f"{subject.id}/{relpath}/{stat.st_size}/{args.largest}/{args.quality_filter}"
-        key = hashlib.sha256(request.encode()).hexdigest()[:40]
         try:
+            stat = file.stat()
+            # A stable key per (subject, file, options): a rerun after a crash gets the earlier job back, not
+            # a duplicate, and a rerun with other options (--retry-rejected --largest) is a new request.
+            request = f"{subject.id}/{relpath}/{stat.st_size}/{args.largest}/{args.quality_filter}"
+            key = hashlib.sha256(request.encode()).hexdigest()[:40]
             face = client.faces.enroll(
                 subject_id=subject.id,
                 image=file,
@@ -300,23 +349,41 @@ def cmd_enroll_dir(client: Client, args: argparse.Namespace, out: TextIO, err: T
             )
         except FaceRejectedError as error:
             return relpath, {"status": "rejected", "reasons": error.reasons or ["unknown"]}
-        except VisorError as error:
+        except InvalidImageError as error:
+            # Not an image the server can read: uploading it again cannot help, so a rerun skips it too.
+            return relpath, {"status": "rejected", "reasons": [error.reason or "INVALID_IMAGE"]}
+        except (VisorError, OSError) as error:  # OSError: the file became unreadable or was deleted
             return relpath, {"status": "failed", "error": str(error)}
         assert isinstance(face, Face)
         return relpath, {"status": "enrolled", "face_id": face.id, "external_id": external_id}
 
-    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = [pool.submit(upload, ext, f) for ext, f in todo]
+    def finish(future: Future[tuple[str, dict[str, Any]]]) -> None:
+        relpath, outcome = future.result()
+        with lock:
+            counts[outcome["status"]] += 1
+            if outcome["status"] == "failed":
+                failures.append((relpath, outcome["error"]))
+            else:
+                state.record(relpath, outcome)
+                reasons.update(outcome.get("reasons", []))
+            progress()
+
+    pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
+    futures = [pool.submit(upload, ext, f) for ext, f in todo]
+    finished: set[Future[tuple[str, dict[str, Any]]]] = set()
+    try:
         for future in as_completed(futures):
-            relpath, outcome = future.result()
-            with lock:
-                counts[outcome["status"]] += 1
-                if outcome["status"] == "failed":
-                    failures.append((relpath, outcome["error"]))
-                else:
-                    state.record(relpath, outcome)
-                    reasons.update(outcome.get("reasons", []))
-                progress()
+            finished.add(future)
+            finish(future)
+    except BaseException:
+        # Ctrl-C (or a crash): the queued uploads are cancelled, not run; a plain shutdown would wait for
+        # every one of them, each an enrollment billed and never recorded. Those that ran are recorded.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if future not in finished and not future.cancelled() and future.exception() is None:
+                finish(future)
+        raise
+    pool.shutdown()
     progress(final=True)
 
     summary = {
@@ -458,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "enroll-dir",
         parents=[common],
         help="enroll DIR/<external_id>/*.jpg concurrently; resumable",
-        description="Enroll every image under DIR/<external_id>/. "
+        description="Enroll every JPEG, PNG or WebP image under DIR/<external_id>/ (not hidden files). "
         f"Finished files are recorded in DIR/{STATE_FILE} "
         "and skipped on a rerun; failed uploads (network, server) are retried by rerunning.",
     )
@@ -518,9 +585,12 @@ def main(
     except UsageError as error:
         err.write(f"visor: error: {error}\n")
         return EXIT_USAGE
-    except json.JSONDecodeError as error:
-        err.write(f"visor: error: invalid JSON: {error}\n")
-        return EXIT_USAGE
+    except json.JSONDecodeError as error:  # what the SDK raises for a 2xx answer that is not JSON
+        err.write(
+            f"visor: the server's answer is not JSON ({error}); "
+            "is the base URL the Visor API, not a proxy or a login page?\n"
+        )
+        return EXIT_API_ERROR
     except NotFoundError as error:
         err.write(f"visor: {error}\n")
         return EXIT_NOT_FOUND

@@ -74,7 +74,8 @@ def verify(
         raise WebhookVerificationError(f"signature timestamp is outside the {tolerance} s tolerance")
     body = payload.encode() if isinstance(payload, str) else bytes(payload)
     expected = sign(body, secret, timestamp).split("v1=", 1)[1]
-    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+    # compare_digest refuses (TypeError) a str that is not ASCII; such a signature cannot match a hex digest.
+    if not any(candidate.isascii() and hmac.compare_digest(expected, candidate) for candidate in signatures):
         raise WebhookVerificationError("signature does not match the payload")
     try:
         event = json.loads(body)
