@@ -253,12 +253,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def rotate_keys(self, request, queryset):
         issued = []
         for api_key in queryset.select_related("tenant"):
-            if api_key.revoked_at is not None:
-                self.message_user(
-                    request, f"{api_key.prefix} is revoked; it was not rotated.", messages.WARNING
-                )
-            else:
+            try:
                 issued.append(services.rotate_api_key(api_key=api_key, actor=request.user))
+            except ValidationError as refusal:
+                self.message_user(request, f"{refusal.message} It was not rotated.", messages.WARNING)
         if not issued:
             return None
         return _issued_keys_page(self, request, issued=issued, title="API keys rotated")

@@ -35,7 +35,9 @@ class Scope(models.TextChoices):
 
 class Plan(models.Model):
     name = models.CharField(max_length=64, unique=True)
-    monthly_price = models.DecimalField(max_digits=12, decimal_places=4, default=0)
+    monthly_price = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
     currency = models.CharField(max_length=3, default="USD", help_text="ISO 4217 code, e.g. USD.")
 
     included_enroll = models.PositiveBigIntegerField(default=0)
@@ -44,11 +46,21 @@ class Plan(models.Model):
     included_detect = models.PositiveBigIntegerField(default=0)
     included_stored_face_months = models.PositiveBigIntegerField(default=0)
 
-    overage_enroll_per_1000 = models.DecimalField(max_digits=12, decimal_places=4, default=0)
-    overage_identify_per_1000 = models.DecimalField(max_digits=12, decimal_places=4, default=0)
-    overage_verify_per_1000 = models.DecimalField(max_digits=12, decimal_places=4, default=0)
-    overage_detect_per_1000 = models.DecimalField(max_digits=12, decimal_places=4, default=0)
-    overage_stored_face_months_per_1000 = models.DecimalField(max_digits=12, decimal_places=4, default=0)
+    overage_enroll_per_1000 = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
+    overage_identify_per_1000 = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
+    overage_verify_per_1000 = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
+    overage_detect_per_1000 = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
+    overage_stored_face_months_per_1000 = models.DecimalField(
+        max_digits=12, decimal_places=4, default=0, validators=[MinValueValidator(0)]
+    )
     allows_overage = models.BooleanField(
         default=False, help_text="Past the included units, bill overage instead of refusing the request."
     )
@@ -70,6 +82,18 @@ class Plan(models.Model):
             models.CheckConstraint(condition=models.Q(burst__gte=1), name="plan_burst_positive"),
             models.CheckConstraint(
                 condition=models.Q(currency__regex=r"^[A-Z]{3}$"), name="plan_currency_iso"
+            ),
+            # A negative price would put negative amounts on invoices and exports.
+            models.CheckConstraint(
+                condition=models.Q(
+                    monthly_price__gte=0,
+                    overage_enroll_per_1000__gte=0,
+                    overage_identify_per_1000__gte=0,
+                    overage_verify_per_1000__gte=0,
+                    overage_detect_per_1000__gte=0,
+                    overage_stored_face_months_per_1000__gte=0,
+                ),
+                name="plan_prices_not_negative",
             ),
         ]
 

@@ -149,9 +149,16 @@ def _change_status(*, tenant: Tenant, actor, status: str, action: str, reason: s
     return tenant
 
 
+def _lock_status(tenant: Tenant) -> None:
+    """Lock the tenant's row until the transaction ends and read its status afresh: a status change decided
+    on an object loaded earlier could undo a closure made meanwhile (two operators at once)."""
+    tenant.status = Tenant.objects.select_for_update().values_list("status", flat=True).get(id=tenant.id)
+
+
 @transaction.atomic
 def suspend_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
     """Its keys stop working with the next request: authentication reads the status every time."""
+    _lock_status(tenant)
     if tenant.status == Tenant.Status.CLOSED:
         raise ValidationError("A closed tenant cannot be suspended.")
     return _change_status(
@@ -161,6 +168,7 @@ def suspend_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
 
 @transaction.atomic
 def reactivate_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
+    _lock_status(tenant)
     if tenant.status == Tenant.Status.CLOSED:
         raise ValidationError("A closed tenant stays closed; create a new tenant instead.")
     return _change_status(
@@ -172,6 +180,7 @@ def reactivate_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
 def close_tenant(*, tenant: Tenant, actor, reason: str = "") -> Tenant:
     """Final: the tenant's keys are revoked too, so reopening it could not bring them back. Its stored faces
     are billed no more, and identity's `erase_closed_tenants` sweep deletes its galleries and images."""
+    _lock_status(tenant)
     for api_key in ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True):
         revoke_api_key(api_key=api_key, actor=actor)
     return _change_status(
@@ -206,6 +215,9 @@ def create_api_key(
     *, tenant: Tenant, actor, name: str, scopes, expires_at: datetime | None = None
 ) -> IssuedApiKey:
     scopes = _validated_scopes(scopes)
+    _lock_status(tenant)  # a closure running now revokes every key, this one included once it waits
+    if tenant.status == Tenant.Status.CLOSED:
+        raise ValidationError("A closed tenant gets no new API keys; create a new tenant instead.")
     secret = api_keys.new_secret()
     for attempt in range(_PREFIX_ATTEMPTS):
         try:
@@ -254,7 +266,10 @@ def revoke_api_key(*, api_key: ApiKey, actor) -> ApiKey:
 @transaction.atomic
 def rotate_api_key(*, api_key: ApiKey, actor) -> IssuedApiKey:
     """Issue a replacement with the same name, scopes and remaining lifetime, and revoke the old key at once
-    (rotation is what one does with a key that may have leaked)."""
+    (rotation is what one does with a key that may have leaked). A revoked or expired key is refused: its
+    replacement would have no lifetime left."""
+    if not api_key.is_usable_at(timezone.now()):
+        raise ValidationError(f"The key {api_key.prefix} is revoked or expired; issue a new key instead.")
     issued = create_api_key(
         tenant=api_key.tenant,
         actor=actor,

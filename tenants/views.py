@@ -190,6 +190,11 @@ class InvoiceDetailApi(_InvoiceApi):
 
 
 class InvoiceCsvApi(_InvoiceApi):
+    def perform_content_negotiation(self, request, force=False):
+        """The route answers CSV (a plain HttpResponse) and its errors as problem JSON, whatever the client
+        accepts: DRF would refuse `Accept: text/csv` with 406, as no renderer of its own makes CSV."""
+        return super().perform_content_negotiation(request, force=True)
+
     @extend_schema(operation_id="v1_invoices_csv", responses={(200, "text/csv"): str})
     def get(self, request, invoice_id):
         invoice = self._current_invoice(invoice_id)

@@ -1,9 +1,11 @@
 """The operator console at /admin/, driven through Django's test client as a signed-in staff user."""
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
 from django.http import HttpResponse
 from django.test import RequestFactory
 from django.utils import timezone
@@ -208,9 +210,8 @@ def test_keys_cannot_be_edited_or_deleted_only_revoked(console):
     assert delete.status_code == 403
 
 
-@pytest.mark.django_db
-def test_creating_a_plan_is_audited_as_an_operator_action_of_no_tenant(console):
-    form = {
+def _plan_form(**overrides) -> dict:
+    return {
         "name": "scale",
         "monthly_price": "499.0000",
         "currency": "EUR",
@@ -227,9 +228,13 @@ def test_creating_a_plan_is_audited_as_an_operator_action_of_no_tenant(console):
         "burst": "200",
         "max_gallery_faces": "100000",
         "max_tenant_faces": "1000000",
+        **overrides,
     }
 
-    response = console.post("/admin/tenants/plan/add/", form)
+
+@pytest.mark.django_db
+def test_creating_a_plan_is_audited_as_an_operator_action_of_no_tenant(console):
+    response = console.post("/admin/tenants/plan/add/", _plan_form())
 
     assert response.status_code == 302, response.content
     assert Plan.objects.get(name="scale").allows_overage is True
@@ -280,3 +285,15 @@ def test_the_console_needs_a_staff_login(client):
 
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("price", ["monthly_price", "overage_identify_per_1000"])
+def test_a_plan_with_a_negative_price_is_refused_by_the_form_and_by_the_database(console, price):
+    response = console.post("/admin/tenants/plan/add/", _plan_form(name="refund", **{price: "-50"}))
+
+    assert response.status_code == 200, "the form is shown again with its error"
+    assert "greater than or equal to 0" in response.content.decode()
+    assert not Plan.objects.filter(name="refund").exists()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_plan(name="refund", **{price: Decimal("-50")})

@@ -137,3 +137,19 @@ def test_another_tenants_invoice_is_not_found_like_a_missing_one():
     assert foreign.status_code == missing.status_code == 404
     assert _without_instance(foreign.json()) == _without_instance(missing.json())
     assert other.get(f"/v1/invoices/{invoice_id}.csv").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_csv_invoice_is_served_to_a_client_that_asks_for_csv_and_its_errors_stay_problems():
+    _, raw_key = make_api_key(scopes=["read"])
+    client = api_client_for(raw_key)
+    invoice_id = client.get("/v1/invoices").json()["data"][0]["id"]
+
+    csv_response = client.get(f"/v1/invoices/{invoice_id}.csv", HTTP_ACCEPT="text/csv")
+    missing = client.get(f"/v1/invoices/{MISSING_INVOICE}.csv", HTTP_ACCEPT="text/csv")
+
+    assert csv_response.status_code == 200
+    assert csv_response["Content-Type"].startswith("text/csv")
+    assert csv_response.content.decode().splitlines()[-1] == "total,,,,,0.00"
+    assert missing.status_code == 404
+    assert missing["Content-Type"] == "application/problem+json"

@@ -276,3 +276,47 @@ def test_only_names_plans_and_settings_change_through_update_tenant():
 
     with pytest.raises(ValidationError, match="status"), operator_transaction():
         services.update_tenant(tenant=tenant, actor=Actor.system("test"), changes={"status": "active"})
+
+
+@pytest.mark.django_db
+def test_a_status_change_decided_on_a_stale_copy_cannot_reopen_a_closed_tenant():
+    tenant = make_tenant()
+    loaded_before_the_closure = Tenant.objects.get(id=tenant.id)
+    with operator_transaction():
+        services.close_tenant(tenant=tenant, actor=TEST_ACTOR)
+
+    for change in (services.reactivate_tenant, services.suspend_tenant):
+        with pytest.raises(ValidationError), operator_transaction():
+            change(tenant=loaded_before_the_closure, actor=TEST_ACTOR)
+
+    assert Tenant.objects.get(id=tenant.id).status == Tenant.Status.CLOSED
+
+
+@pytest.mark.django_db
+def test_a_closed_tenant_gets_no_new_api_key():
+    tenant = make_tenant()
+    with operator_transaction():
+        services.close_tenant(tenant=tenant, actor=TEST_ACTOR)
+
+    with pytest.raises(ValidationError, match="closed"), operator_transaction():
+        services.create_api_key(tenant=tenant, actor=TEST_ACTOR, name="late", scopes=["read"])
+
+    assert not ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).exists()
+
+
+@pytest.mark.django_db
+def test_an_expired_or_revoked_key_is_not_rotated_into_a_replacement_that_cannot_work():
+    _, expired_key = make_api_key(name="expired")
+    _, revoked_key = make_api_key(name="revoked")
+    expired = ApiKey.objects.get(prefix=split_key(expired_key)[0])
+    revoked = ApiKey.objects.get(prefix=split_key(revoked_key)[0])
+    with operator_transaction():
+        ApiKey.objects.filter(id=expired.id).update(expires_at=datetime.now(UTC) - timedelta(days=1))
+        expired.refresh_from_db()
+        services.revoke_api_key(api_key=revoked, actor=TEST_ACTOR)
+
+    for key in (expired, revoked):
+        with pytest.raises(ValidationError, match="revoked or expired"), operator_transaction():
+            services.rotate_api_key(api_key=key, actor=TEST_ACTOR)
+
+    assert set(ApiKey.objects.values_list("name", flat=True)) == {"expired", "revoked"}, "nothing issued"
