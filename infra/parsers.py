@@ -8,7 +8,7 @@ import io
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 
 from infra.problems import Problem
 
@@ -51,19 +51,32 @@ class ApiJSONParser(JSONParser):
         return data
 
 
+def _refuse_longer_than(parser_context, limit: int, what: str) -> None:
+    """Refuse a body whose Content-Length passes `limit` before any of it is read. Django reads no body past
+    the Content-Length it was given, so a body sent without one is not a way around this."""
+    try:
+        length = int(parser_context["request"].META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit:
+        raise RequestTooLarge(f"A {what} request body may hold at most {limit} bytes.")
+
+
 class ApiMultiPartParser(MultiPartParser):
-    """Refuses a form larger than the request could need from its Content-Length, before Django spools its
-    files into memory or onto the (memory-backed) temporary directory. Django reads no body past the
-    Content-Length it was given, so a body without one is not a way around this."""
+    """Refuses a form larger than the request could need, before Django spools its files into memory or
+    onto the (memory-backed) temporary directory."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.VISOR_MAX_MULTIPART_BODY_BYTES
-        try:
-            length = int(parser_context["request"].META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > limit:
-            raise RequestTooLarge(f"A form request body may hold at most {limit} bytes.")
+        _refuse_longer_than(parser_context, settings.VISOR_MAX_MULTIPART_BODY_BYTES, "form")
+        return super().parse(stream, media_type, parser_context)
+
+
+class ApiFormParser(FormParser):
+    """Refuses a URL-encoded form larger than the request could need: DRF's parser reads the whole body into
+    memory, however long."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        _refuse_longer_than(parser_context, settings.VISOR_MAX_FORM_BODY_BYTES, "form")
         return super().parse(stream, media_type, parser_context)
 
 

@@ -153,6 +153,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 VISOR_MAX_JSON_BODY_BYTES = 2 * (VISOR_MAX_IMAGE_BYTES * 4 // 3) + 1024 * 1024
 # A form may carry two images too (verify's `image` and `image2`), as raw bytes.
 VISOR_MAX_MULTIPART_BODY_BYTES = 2 * VISOR_MAX_IMAGE_BYTES + 1024 * 1024
+# URL-encoded forms carry only gallery and subject fields (images come as multipart or JSON).
+VISOR_MAX_FORM_BODY_BYTES = 1024 * 1024
 
 # --- API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -160,7 +162,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "infra.parsers.ApiJSONParser",
-        "rest_framework.parsers.FormParser",
+        "infra.parsers.ApiFormParser",
         "infra.parsers.ApiMultiPartParser",
     ],
     "EXCEPTION_HANDLER": "infra.problems.problem_exception_handler",

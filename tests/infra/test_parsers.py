@@ -1,5 +1,6 @@
 import io
 import json
+from urllib.parse import urlencode
 
 import pytest
 from django.core.files.uploadedfile import InMemoryUploadedFile
@@ -91,3 +92,18 @@ def _upload(data: bytes) -> io.BytesIO:
     upload = io.BytesIO(data)
     upload.name = "photo.jpg"
     return upload
+
+
+def test_a_url_encoded_form_over_the_limit_is_refused_from_its_length_with_413(api, settings):
+    settings.VISOR_MAX_FORM_BODY_BYTES = 1000
+
+    too_large = api.post(
+        "/v1/galleries", urlencode({"name": "x" * 2000}), content_type="application/x-www-form-urlencoded"
+    )
+    within = api.post(
+        "/v1/galleries", urlencode({"name": "x" * 100}), content_type="application/x-www-form-urlencoded"
+    )
+
+    assert too_large.status_code == 413
+    assert too_large.json()["type"].endswith("/request-too-large")
+    assert within.status_code == 201
