@@ -127,15 +127,25 @@ def test_a_closed_tenant_is_erased_and_billed_no_more_stored_faces(
 
 
 class _StorageThatCannotDelete:
-    """The real storage, except that deleting the given keys always fails (an object S3 keeps refusing)."""
+    """The real storage, except that S3 refuses to delete the given keys (DeleteObjects reports an error for
+    each, as for an object under a legal hold)."""
 
     def __init__(self, storage, refused: set[str]):
-        self._storage, self._refused = storage, refused
+        self._bucket, self._refused = storage.bucket, refused
 
-    def delete(self, name):
-        if name in self._refused:
-            raise OSError(f"AccessDenied: {name}")
-        return self._storage.delete(name)
+    @property
+    def bucket(self):
+        return self
+
+    def delete_objects(self, *, Delete):  # boto3 names the argument
+        objects = [item for item in Delete["Objects"] if item["Key"] not in self._refused]
+        answer = self._bucket.delete_objects(Delete={**Delete, "Objects": objects}) if objects else {}
+        refusals = [
+            {"Key": item["Key"], "Code": "AccessDenied", "Message": "Access Denied"}
+            for item in Delete["Objects"]
+            if item["Key"] in self._refused
+        ]
+        return {**answer, "Errors": answer.get("Errors", []) + refusals}
 
 
 def test_deletions_that_keep_failing_back_off_and_do_not_hold_newer_ones_back(tenant_api, monkeypatch):
@@ -158,7 +168,7 @@ def test_deletions_that_keep_failing_back_off_and_do_not_hold_newer_ones_back(te
     assert [row.key for row in refused] == keys[:2], "kept, to be tried again"
     for row in refused:
         assert row.attempts == 1
-        assert row.last_error == f"OSError: AccessDenied: {row.key}"
+        assert row.last_error == "AccessDenied: Access Denied"
         assert row.retry_at > timezone.now()
 
 
@@ -172,3 +182,21 @@ def test_a_failing_deletion_waits_longer_after_each_attempt_up_to_an_hour():
         timedelta(hours=1),
         timedelta(hours=1),
     ]
+
+
+def test_a_deleted_gallery_of_many_stored_images_leaves_the_bucket_in_one_sweep(tenant_api):
+    tenant = tenant_api.tenant
+    keys = [f"tenants/{tenant.id}/faces/{number:04d}" for number in range(1_200)]
+    for key in keys:
+        default_storage.save(key, ContentFile(b"image"))
+    with tenant_transaction(tenant.id):
+        PendingObjectDeletion.objects.bulk_create(
+            PendingObjectDeletion(tenant=tenant, key=key) for key in keys
+        )
+
+    swept = [services.purge_deleted_images(tenant_id=str(tenant.id)) for _ in range(2)]
+
+    assert swept == [1_000, 200], "a thousand keys a request, the most S3 takes"
+    assert bucket_keys(f"tenants/{tenant.id}/") == []
+    with tenant_transaction(tenant.id):
+        assert not PendingObjectDeletion.objects.exists()
