@@ -27,6 +27,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
 # Every scan of a JPEG is a pass over all of its blocks: a progressive JPEG has about ten, and a crafted one
 # with a million empty scans keeps a decoder busy for most of an hour.
 MAX_JPEG_SCANS = 100
+# Markers (segments and restart markers between them) a JPEG may have: tables, EXIF, an ICC profile in up to
+# 256 chunks and its scans make a few hundred at most; millions of empty ones cost seconds to parse.
+MAX_JPEG_SEGMENTS = 1000
 # The end of a JPEG scan's entropy-coded data: 0xFF before a byte that is neither stuffing (0x00), a restart
 # marker (0xD0-0xD7) nor a fill byte (0xFF). One literal byte first lets the regex engine skip ahead fast:
 # 250 MB/s here, so a 10 MB file of nothing but stuffing costs 40 ms.
@@ -60,8 +63,8 @@ def decode_image(data: bytes, *, limits: IntakeLimits = DEFAULT_LIMITS) -> np.nd
     image_format = sniff_format(data)
     if image_format is None:
         raise UnsupportedFormat("Only JPEG, PNG and WebP images are accepted.")
-    if image_format == "JPEG" and (scans := jpeg_scan_count(data)) > MAX_JPEG_SCANS:
-        raise CorruptImage(f"The JPEG image has {scans:,} scans; at most {MAX_JPEG_SCANS} are accepted.")
+    if image_format == "JPEG" and (refusal := jpeg_structure_refusal(data)):
+        raise CorruptImage(refusal)
 
     image = _open_header(data, image_format, limits)
     try:
@@ -73,29 +76,42 @@ def decode_image(data: bytes, *, limits: IntakeLimits = DEFAULT_LIMITS) -> np.nd
     return _to_bgr(_upright(image))
 
 
-def jpeg_scan_count(data: bytes) -> int:
-    """How many scans (SOS segments) the JPEG holds, found by walking its segments without decoding. Bytes
-    inside other segments (an EXIF thumbnail is a JPEG of its own) are skipped, not counted. A walk that
-    loses its way stops there: the decoder then judges the file."""
-    scans, position = 0, 2
-    while position + 4 <= len(data) and data[position] == 0xFF:
+def jpeg_structure_refusal(data: bytes) -> str | None:
+    """Why the JPEG's structure is refused, found by walking its segments without decoding (more scans than
+    MAX_JPEG_SCANS, more segments than MAX_JPEG_SEGMENTS), or None. Bytes inside a segment (an EXIF
+    thumbnail is a JPEG of its own) are skipped, and so are stray bytes between segments, as decoders skip
+    them; the walk stops at the first limit passed."""
+    scans = segments = 0
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF or data[position + 1] == 0x00:
+            following = _NEXT_JPEG_MARKER.search(data, position)
+            if following is None:
+                break
+            position = following.start()
+            continue
         marker = data[position + 1]
         if marker == 0xFF:  # a fill byte before the marker
             position += 1
             continue
         if marker == 0xD9:  # end of image
             break
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            return f"The JPEG image has more than {MAX_JPEG_SEGMENTS:,} segments."
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             position += 2
             continue
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
         if marker == 0xDA:
             scans += 1
+            if scans > MAX_JPEG_SCANS:
+                return f"The JPEG image has more than {MAX_JPEG_SCANS} scans."
             following = _NEXT_JPEG_MARKER.search(data, position)
             if following is None:
                 break
             position = following.start()
-    return scans
+    return None
 
 
 def _open_header(data: bytes, image_format: str, limits: IntakeLimits) -> Image.Image:
@@ -137,10 +153,10 @@ def _to_bgr(image: Image.Image) -> np.ndarray:
         samples = np.asarray(image, dtype=np.float32)
         gray = np.clip(np.rint(samples / 257.0), 0, 255).astype(np.uint8)
         return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    if mode == "L":
-        return cv2.cvtColor(np.asarray(image), cv2.COLOR_GRAY2BGR)
     if mode in {"RGBA", "LA", "La", "RGBa", "PA"} or "transparency" in image.info:
         return _composited_on_white(np.asarray(image.convert("RGBA")))
+    if mode == "L":
+        return cv2.cvtColor(np.asarray(image), cv2.COLOR_GRAY2BGR)
     if mode != "RGB":
         image = image.convert("RGB")
     return cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)

@@ -345,3 +345,28 @@ def test_a_refusal_says_nothing_of_the_decoders_internals():
 
     assert "0x" not in refusal.value.detail
     assert "BytesIO" not in refusal.value.detail
+
+
+def test_a_stray_byte_before_the_scans_does_not_hide_them(decoding_forbidden):
+    jpeg = _with_empty_scans(_progressive_jpeg(), 1_000)
+    app0_end = 4 + struct.unpack(">H", jpeg[4:6])[0]  # SOI, then APP0 (JFIF)
+
+    with pytest.raises(CorruptImage, match="scans"):
+        decode_image(jpeg[:app0_end] + b"\x00" + jpeg[app0_end:])  # decoders skip the stray byte
+
+
+def test_a_jpeg_of_thousands_of_empty_segments_is_refused_before_decoding(decoding_forbidden):
+    jpeg = _progressive_jpeg()
+
+    with pytest.raises(CorruptImage, match="segments"):
+        decode_image(jpeg[:2] + b"\xff\xfe\x00\x02" * 5_000 + jpeg[2:])
+
+
+def test_a_grey_png_with_a_transparent_colour_key_is_composited_on_white():
+    grey = Image.new("L", (8, 8), 80)
+    grey.paste(20, (4, 0, 8, 8))
+
+    decoded = decode_image(pil_bytes(grey, "PNG", transparency=80))
+
+    assert decoded[0, 0].tolist() == [255, 255, 255]
+    assert decoded[0, 7].tolist() == [20, 20, 20]
