@@ -226,8 +226,9 @@ def _planner_settings(cursor, **values: str) -> Iterator[None]:
     cursor.execute("SELECT " + writes, [item for pair in zip(names, previous, strict=True) for item in pair])
 
 
-def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:
-    """Create the gallery's partial HNSW index without blocking writes (must run outside a transaction).
+def build_ann_index(*, gallery_id: uuid.UUID | str) -> str | None:
+    """Create the gallery's partial HNSW index without blocking writes (must run outside a transaction);
+    its name, or None when another build of it is running now.
 
     The graph is built in memory while it fits in maintenance_work_mem (a build that spills to disk is
     several times slower), in parallel with HNSW_BUILD_PARALLEL_WORKERS workers besides the leader. A parallel
@@ -235,27 +236,32 @@ def build_ann_index(*, gallery_id: uuid.UUID | str) -> str:
 
     A build interrupted by a dying worker or database leaves an invalid index behind, which the planner never
     uses and IF NOT EXISTS would keep for ever (the gallery searched exactly, slowly): the next build drops it
-    and starts again. Builds of one gallery take turns (a session advisory lock), so the index a build finds
-    invalid is never another one's still in progress.
+    and starts again. One build of a gallery runs at a time (a session advisory lock), so the index a build
+    finds invalid is never another one's still in progress; a build that finds the lock taken leaves at
+    once, since waiting for it would hold a snapshot the running build's CREATE INDEX CONCURRENTLY waits for.
     """
     name = ann_index_name(gallery_id)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [name])
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [name])
+        if not cursor.fetchone()[0]:
+            return None
         try:
             cursor.execute(f"SET maintenance_work_mem = '{HNSW_BUILD_MAINTENANCE_WORK_MEM}'")
             cursor.execute(f"SET max_parallel_maintenance_workers = {int(HNSW_BUILD_PARALLEL_WORKERS)}")
-            if _ann_index_is_invalid(cursor, name):
-                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            cursor.execute(
-                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {_TABLE} "
-                f"USING hnsw (embedding vector_cosine_ops) "
-                f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-                f"WHERE gallery_id = '{uuid.UUID(str(gallery_id))}'"
-            )
+            try:
+                if _ann_index_is_invalid(cursor, name):
+                    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                cursor.execute(
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {_TABLE} "
+                    f"USING hnsw (embedding vector_cosine_ops) "
+                    f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+                    f"WHERE gallery_id = '{uuid.UUID(str(gallery_id))}'"
+                )
+            finally:
+                # Session state: do not leave it on a pooled connection.
+                cursor.execute("RESET maintenance_work_mem")
+                cursor.execute("RESET max_parallel_maintenance_workers")
         finally:
-            # Session state: do not leave it on a pooled connection.
-            cursor.execute("RESET maintenance_work_mem")
-            cursor.execute("RESET max_parallel_maintenance_workers")
             cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [name])
     return name
 

@@ -101,6 +101,8 @@ def erase_closed_tenants() -> int:
 def build_gallery_ann_index(*, gallery_id: str, tenant_id: str) -> str:
     connection.ensure_connection()
     name = search.build_ann_index(gallery_id=gallery_id)
+    if name is None:  # the build running now names the index once it is made
+        return ""
     with tenant_transaction(tenant_id):
         Gallery.objects.filter(id=gallery_id, tenant_id=tenant_id).update(ann_index_name=name)
     return name

@@ -1,9 +1,11 @@
 """Nearest-template search: exact for small galleries, the gallery's own HNSW index for large ones, always
 inside the tenant's rows, with the same answers as exact search."""
 
+import threading
+
 import numpy as np
 import pytest
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, connections
 
 from bench.seed import as_stored
 from identity import search, selectors
@@ -117,3 +119,33 @@ def test_an_index_left_invalid_by_an_interrupted_build_is_rebuilt():
     assert search.build_ann_index(gallery_id=gallery.id) == name
 
     assert _index_state(name) == (True, "hnsw")
+
+
+def test_a_build_that_finds_another_running_leaves_at_once_without_waiting_for_it():
+    _, gallery, _ = seeded_gallery(templates=50, seed=4)
+    name = search.ann_index_name(gallery.id)
+    locked, release = threading.Event(), threading.Event()
+
+    def another_build_running():
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [name])
+                locked.set()
+                release.wait(timeout=30)
+                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [name])
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=another_build_running)
+    holder.start()
+    assert locked.wait(timeout=30)
+    try:
+        while_running = search.build_ann_index(gallery_id=gallery.id)
+        state_while_running = _index_state(name)
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+    assert while_running is None
+    assert state_while_running is None, "nothing built beside the running build"
+    assert search.build_ann_index(gallery_id=gallery.id) == name, "once it ended, a build runs"
