@@ -62,6 +62,8 @@ S3_DELETE_BATCH = 1000
 SUBJECT_DELETED = "SUBJECT_DELETED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 TENANT_INACTIVE = "TENANT_INACTIVE"
+# A face-rejection reason of the service's own: the image took down every worker that tried it.
+UNPROCESSABLE_IMAGE = "UNPROCESSABLE_IMAGE"
 # Failures that say nothing against the request: its Idempotency-Key is released so that a retry with it
 # (the SDK's retries use it) makes a new job instead of getting this failure back for the key's lifetime.
 FAILURES_WORTH_A_RETRY = (INTERNAL_ERROR, TENANT_INACTIVE)
@@ -401,14 +403,16 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=_inactive(job.tenant))
         if job.attempts >= MAX_ENROLLMENT_ATTEMPTS:
             # Each attempt killed its worker (out of memory, say) before it could fail: redelivered and
-            # re-sent for ever, it would take a worker down every time.
+            # re-sent for ever, it would take a worker down every time. The image is the likely cause, so
+            # its Idempotency-Key is kept: a retry gets this answer, not a new job to crash workers again.
             return _finish_job(
                 job_id=job_id,
                 tenant_id=tenant_id,
                 face=None,
                 error={
-                    "reason": INTERNAL_ERROR,
-                    "detail": f"Enrollment was attempted {job.attempts} times and never finished.",
+                    "reason": UNPROCESSABLE_IMAGE,
+                    "detail": f"Enrollment was attempted {job.attempts} times and never finished: "
+                    "the image could not be processed.",
                 },
             )
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
@@ -694,9 +698,9 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
         job.save(update_fields=["status", "result", "error", "input_image", "finished_at"])
         if error and error["reason"] in FAILURES_WORTH_A_RETRY:
             IdempotentRequest.objects.filter(tenant_id=tenant_id, job_id=job_id).delete()
-        if error and error["reason"] in FAILURES_NOT_ABOUT_THE_IMAGE:
-            # Unlike a rejected image, these can end a job after an attempt that wrote the image and then lost
-            # its transaction (a database error, a killed worker); no face will ever point at that object.
+        if error and (error["reason"] in FAILURES_NOT_ABOUT_THE_IMAGE or job.attempts > 1):
+            # An earlier attempt may have written the image and then lost its transaction (a database error, a
+            # killed worker); no face will ever point at that object. A first attempt's rejection cannot have.
             _schedule_object_deletion(
                 tenant=job.tenant, keys=[image_key(tenant_id=job.tenant_id, face_id=enrolled_face_id(job_id))]
             )

@@ -46,13 +46,21 @@ def purge_expired_idempotency_keys() -> int:
     return services.purge_expired_idempotency_keys()
 
 
+# The sweep of pending image deletions runs every 15 minutes (infra/celery.py).
+PURGE_RETRY_HORIZON_SECONDS = 600
+
+
 @shared_task(name="maintenance.purge_deleted_images", bind=True, max_retries=10)
 def purge_deleted_images(self, *, tenant_id: str) -> int:
     removed = services.purge_deleted_images(tenant_id=tenant_id)
     with tenant_transaction(tenant_id):
         next_due = PendingObjectDeletion.objects.aggregate(next_due=Min("retry_at"))["next_due"]
     if next_due is not None:
-        raise self.retry(countdown=max(1.0, (next_due - timezone.now()).total_seconds()))
+        wait = max(1.0, (next_due - timezone.now()).total_seconds())
+        # Rows due later are left to the sweep: a longer countdown would pass Redis's visibility timeout
+        # (the task then runs twice), and every deletion meanwhile starts a chain of its own.
+        if wait <= PURGE_RETRY_HORIZON_SECONDS:
+            raise self.retry(countdown=wait)
     return removed
 
 

@@ -2,13 +2,14 @@ import time
 from datetime import timedelta
 
 import pytest
+from celery.exceptions import Retry
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from identity import services
 from identity.models import Face, FaceTemplate, Gallery, PendingObjectDeletion, Subject
-from identity.tasks import erase_closed_tenants
+from identity.tasks import erase_closed_tenants, purge_deleted_images
 from tenants.actors import Actor
 from tenants.billing_selectors import stored_face_counts
 from tenants.models import AuditEvent
@@ -200,3 +201,28 @@ def test_a_deleted_gallery_of_many_stored_images_leaves_the_bucket_in_one_sweep(
     assert bucket_keys(f"tenants/{tenant.id}/") == []
     with tenant_transaction(tenant.id):
         assert not PendingObjectDeletion.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("due_in", "comes_back"), [(timedelta(seconds=30), True), (timedelta(hours=2), False)]
+)
+def test_the_purge_comes_back_for_rows_due_soon_and_leaves_later_ones_to_the_sweep(
+    tenant_api, monkeypatch, due_in, comes_back
+):
+    tenant = tenant_api.tenant
+    with tenant_transaction(tenant.id):
+        PendingObjectDeletion.objects.create(
+            tenant=tenant, key=f"tenants/{tenant.id}/faces/refused", retry_at=timezone.now() + due_in
+        )
+    countdowns = []
+
+    def record_retry(*, countdown):
+        countdowns.append(countdown)
+        return Retry(when=countdown)
+
+    monkeypatch.setattr(purge_deleted_images, "retry", record_retry)
+
+    result = purge_deleted_images.apply(kwargs={"tenant_id": str(tenant.id)})
+
+    assert result.state == ("RETRY" if comes_back else "SUCCESS")
+    assert [round(countdown) for countdown in countdowns] == ([30] if comes_back else [])

@@ -186,7 +186,9 @@ def test_a_job_whose_every_attempt_took_its_worker_down_fails_instead_of_running
     tenant_api, subject
 ):
     tenant_id = str(tenant_api.tenant.id)
-    job_id = tenant_api.enroll(subject["id"], person_image(11), wait="false").json()["job"]["id"]
+    path, headers = f"/v1/subjects/{subject['id']}/faces", {"Idempotency-Key": "badge-photo-11"}
+    queued = tenant_api.post(path, {"image": upload_file(person_image(11))}, headers=headers)
+    job_id = queued.json()["job"]["id"]
     with tenant_transaction(tenant_id):
         Job.objects.filter(id=job_id).update(
             status=Job.Status.RUNNING, attempts=services.MAX_ENROLLMENT_ATTEMPTS
@@ -194,9 +196,15 @@ def test_a_job_whose_every_attempt_took_its_worker_down_fails_instead_of_running
 
     services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id)
 
+    retried = tenant_api.post(path, {"image": upload_file(person_image(11))}, headers=headers)
+
     job = tenant_api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
-    assert job["error"]["reason"] == "INTERNAL_ERROR"
+    assert job["error"]["reason"] == "UNPROCESSABLE_IMAGE"
     assert "attempted 10 times" in job["error"]["detail"]
+    assert retried.status_code == 422, "the key is kept: answered as the job ended, no new job made"
+    assert retried.json()["reasons"] == ["UNPROCESSABLE_IMAGE"]
+    with tenant_transaction(tenant_id):
+        assert Job.objects.count() == 1
     with tenant_transaction(tenant_id):
         assert not Face.objects.exists()
