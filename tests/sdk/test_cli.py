@@ -291,6 +291,7 @@ def test_enroll_dir_skips_hidden_and_bmp_files_and_never_uploads_an_invalid_imag
 @pytest.mark.parametrize(
     "state_file",
     [
+        pytest.param(lambda path: path.write_text('{"galleries": {"g": {"0.jpg": {'), id="not JSON"),
         pytest.param(lambda path: path.write_text("[]"), id="a JSON array"),
         pytest.param(lambda path: path.write_text('{"galleries": {"g": []}}'), id="galleries not objects"),
         pytest.param(lambda path: path.mkdir(), id="a directory"),
@@ -301,6 +302,7 @@ def test_a_state_file_enroll_dir_cannot_read_is_a_one_line_usage_error(visor_cli
     (photos / "p1").mkdir(parents=True)
     (photos / "p1" / "0.jpg").write_bytes(person_image(81))
     state_file(photos / STATE_FILE)
+    before = (photos / STATE_FILE).read_text() if (photos / STATE_FILE).is_file() else None
     assert visor_cli("galleries", "create", "Crowd")[0] == 0
 
     code, _, err = visor_cli("enroll-dir", "--gallery", "Crowd", str(photos))
@@ -310,6 +312,8 @@ def test_a_state_file_enroll_dir_cannot_read_is_a_one_line_usage_error(visor_cli
     assert str(photos / STATE_FILE) in err
     assert err.count("\n") == 1
     assert face_counts(visor_cli, "Crowd") == {}
+    if (photos / STATE_FILE).is_file():
+        assert (photos / STATE_FILE).read_text() == before, "kept as it was, not overwritten"
 
 
 def test_a_directory_enroll_dir_cannot_save_its_state_in_fails_before_uploading_anything(visor_cli, tmp_path):

@@ -160,3 +160,10 @@ def test_usage_asked_until_a_day_starts_from_the_first_of_that_month():
     params = spec_usage(None, "2024-01-31", None).params
 
     assert (params["from"], params["to"]) == ("2024-01-01", "2024-01-31")
+
+
+def test_usage_asked_until_no_date_leaves_the_server_to_say_so():
+    params = spec_usage(None, "2024/01/31", None).params
+
+    assert params["to"] == "2024/01/31"
+    assert params["from"].endswith("-01")

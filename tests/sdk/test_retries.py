@@ -180,3 +180,14 @@ def test_a_503_waits_as_long_as_its_retry_after_says():
     delay = policy.delay_for(0, enrollment_failed)
 
     assert 30 <= delay <= 30.25
+
+
+def test_a_delete_that_finds_nothing_after_an_error_answer_is_not_found(visor_server):
+    def unavailable_first(request, attempt):
+        return httpx.Response(503, json={"title": "Unavailable"}) if attempt == 1 else None
+
+    transport = RecordingTransport(unavailable_first)
+    with _client(visor_server, transport) as client, pytest.raises(visor.NotFoundError):
+        client.galleries.delete("00000000-0000-0000-0000-000000000000")  # never existed
+
+    assert transport.statuses == [503, 404], "the 503 deleted nothing: the 404 is the answer"

@@ -94,9 +94,10 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def already_deleted(spec: RequestSpec, response: httpx.Response, attempt: int) -> bool:
-    """A DELETE that finds nothing after an attempt whose answer was lost: that attempt deleted it."""
-    return spec.method == "DELETE" and response.status_code == 404 and attempt > 0
+def already_deleted(spec: RequestSpec, response: httpx.Response, *, answer_lost: bool) -> bool:
+    """A DELETE that finds nothing after an attempt whose answer was lost: that attempt deleted it. (After
+    an error answer, such as a 503, nothing was deleted, and a 404 means there was nothing to delete.)"""
+    return spec.method == "DELETE" and response.status_code == 404 and answer_lost
 
 
 def raise_for_problem(response: httpx.Response) -> None:
@@ -250,12 +251,16 @@ def spec_usage(
     return RequestSpec(
         "GET",
         "/v1/usage",
-        params={
-            "from": _date(from_) or date.fromisoformat(until).replace(day=1).isoformat(),
-            "to": until,
-            "granularity": granularity,
-        },
+        params={"from": _date(from_) or _month_start(until), "to": until, "granularity": granularity},
     )
+
+
+def _month_start(day: str) -> str:
+    """The first day of `day`'s month; of this month when `day` is no date (the server then says why)."""
+    try:
+        return date.fromisoformat(day).replace(day=1).isoformat()
+    except ValueError:
+        return datetime.now(UTC).date().replace(day=1).isoformat()
 
 
 def patch_body(**fields: Any) -> dict[str, Any]:

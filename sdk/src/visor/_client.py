@@ -99,7 +99,7 @@ class Client(BaseClient):
     def request(self, spec: RequestSpec) -> httpx.Response:
         """Send `spec` with retries; raise a VisorError subclass for an error answer."""
         spec = self._prepare(spec)
-        attempt = 0
+        attempt, answer_lost = 0, False
         while True:
             try:
                 response = self._http.send(self._build(self._http, spec))
@@ -107,10 +107,11 @@ class Client(BaseClient):
                 delay = self.retry_policy.delay_for(attempt, None)
                 if delay is None:
                     raise APIConnectionError(f"cannot reach {self.base_url}: {error!r}") from error
+                answer_lost = True
             else:
                 delay = self.retry_policy.delay_for(attempt, response)
                 if delay is None:
-                    if not already_deleted(spec, response, attempt):
+                    if not already_deleted(spec, response, answer_lost=answer_lost):
                         raise_for_problem(response)
                     return response
                 response.close()
@@ -352,7 +353,7 @@ class AsyncClient(BaseClient):
 
     async def request(self, spec: RequestSpec) -> httpx.Response:
         spec = self._prepare(spec)
-        attempt = 0
+        attempt, answer_lost = 0, False
         while True:
             try:
                 response = await self._http.send(self._build(self._http, spec))
@@ -360,10 +361,11 @@ class AsyncClient(BaseClient):
                 delay = self.retry_policy.delay_for(attempt, None)
                 if delay is None:
                     raise APIConnectionError(f"cannot reach {self.base_url}: {error!r}") from error
+                answer_lost = True
             else:
                 delay = self.retry_policy.delay_for(attempt, response)
                 if delay is None:
-                    if not already_deleted(spec, response, attempt):
+                    if not already_deleted(spec, response, answer_lost=answer_lost):
                         raise_for_problem(response)
                     return response
                 await response.aclose()

@@ -248,8 +248,10 @@ class EnrollState:
         self._lock = threading.Lock()
         try:
             self._data = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             self._data = {}
+        except ValueError:  # kept, not overwritten: it records what earlier runs enrolled
+            raise UsageError(f"{self.path} is not valid JSON; move it away to start afresh") from None
         except OSError as error:
             raise UsageError(f"cannot read {self.path}: {error.strerror}") from None
         if not _is_enroll_state(self._data):
