@@ -53,6 +53,17 @@ def tenant_ids_with_ledger_records(*, start: datetime, end: datetime) -> set[uui
     )
 
 
+def months_with_ledger_records(*, tenant, start: datetime, end: datetime) -> set[datetime]:
+    """The starts of the UTC calendar months in which the tenant recorded usage in [start, end). Operator
+    path."""
+    return set(
+        UsageRecord.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end)
+        .annotate(month=TruncMonth("created_at", tzinfo=UTC))
+        .values_list("month", flat=True)
+        .distinct()
+    )
+
+
 def tenant_ids_with_daily_usage(*, day: date) -> set[uuid.UUID]:
     """Tenants with DailyUsage rows on `day`. Operator path."""
     return set(DailyUsage.objects.filter(day=day).values_list("tenant_id", flat=True).distinct())

@@ -197,14 +197,9 @@ def finalize_closed_invoices(*, now: datetime) -> list[Invoice]:
 
     Billable in a month: a tenant that existed during it and is not closed, or that recorded usage in it. A
     tenant's months are caught up from the one after its latest final invoice (from its creation when it has
-    none), so a month in which this never ran (the beat was down for all of it) is invoiced late, not lost. A
-    closed tenant is only looked at for last month: it is billed no more, and its old months were its due
-    while it was open.
+    none), so a month in which this never ran (the beat was down for all of it) is invoiced late, not lost.
     """
     last_month = calendar_month(calendar_month(now).start - timedelta(microseconds=1))
-    used_last_month = billing_selectors.tenant_ids_with_ledger_records(
-        start=last_month.start, end=last_month.end
-    )
     latest_final = dict(
         Invoice.objects.filter(status=Invoice.Status.FINAL)
         .values("tenant_id")
@@ -213,14 +208,17 @@ def finalize_closed_invoices(*, now: datetime) -> list[Invoice]:
     )
     due = {}
     for tenant in Tenant.objects.select_related("plan").filter(created_at__lt=last_month.end):
-        if tenant.status == Tenant.Status.CLOSED:
-            if tenant.id in used_last_month and latest_final.get(tenant.id) != last_month.start:
-                due[(tenant.id, last_month.start)] = tenant
-            continue
         finalized_until = latest_final.get(tenant.id)
-        month = calendar_month(
+        first = calendar_month(
             calendar_month(finalized_until).end if finalized_until is not None else tenant.created_at
         )
+        if tenant.status == Tenant.Status.CLOSED:
+            used = billing_selectors.months_with_ledger_records(
+                tenant=tenant, start=first.start, end=last_month.end
+            )
+            due.update({(tenant.id, month_start): tenant for month_start in used})
+            continue
+        month = first
         while month.start <= last_month.start:
             due[(tenant.id, month.start)] = tenant
             month = calendar_month(month.end)

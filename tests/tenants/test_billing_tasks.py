@@ -284,11 +284,19 @@ def test_a_month_is_finalized_in_the_first_run_after_it_closes_and_only_then():
 @pytest.mark.django_db
 def test_months_in_which_finalization_never_ran_are_invoiced_late_not_lost():
     plan = _identify_plan()
-    invoiced_until_november, never_invoiced = (
-        make_tenant(name=name, plan=plan) for name in ("Invoiced until November", "Never invoiced")
+    invoiced_until_november, never_invoiced, closed_in_january = (
+        make_tenant(name=name, plan=plan)
+        for name in ("Invoiced until November", "Never invoiced", "Closed in January")
     )
     _created_at(invoiced_until_november, DECEMBER - timedelta(days=60))
     _created_at(never_invoiced, DECEMBER + timedelta(days=4))
+    _created_at(closed_in_january, DECEMBER - timedelta(days=60))
+    record_usage_at(
+        closed_in_january, operation="identify", units=10, key="b:2", at=DECEMBER + timedelta(days=2)
+    )
+    with operator_transaction():
+        finalize_invoice(tenant=closed_in_january, period_start=DECEMBER - timedelta(days=1), now=DECEMBER)
+        close_tenant(tenant=closed_in_january, actor=TEST_ACTOR)
     with operator_transaction():
         finalize_invoice(
             tenant=invoiced_until_november, period_start=DECEMBER - timedelta(days=1), now=DECEMBER
@@ -303,6 +311,7 @@ def test_months_in_which_finalization_never_ran_are_invoiced_late_not_lost():
         again = finalize_closed_invoices(now=FEBRUARY + timedelta(days=28, hours=1))
 
     assert sorted((invoice.tenant.name, invoice.period_start.date()) for invoice in finalized) == [
+        ("Closed in January", DECEMBER.date()),  # its months of use only
         ("Invoiced until November", DECEMBER.date()),
         ("Invoiced until November", JANUARY.date()),
         ("Invoiced until November", FEBRUARY.date()),
