@@ -21,8 +21,17 @@ class EnrollmentTask(Task):
         )
 
 
+# An enrollment takes well under a second; one past the soft limit (a decode that never ends) is retried
+# like any failure, and one past the hard limit loses its worker process and ends, after its attempts, as
+# an image no worker could process.
 @shared_task(
-    name="enrollment.enroll_face", bind=True, base=EnrollmentTask, max_retries=5, default_retry_delay=2
+    name="enrollment.enroll_face",
+    bind=True,
+    base=EnrollmentTask,
+    max_retries=5,
+    default_retry_delay=2,
+    soft_time_limit=120,
+    time_limit=150,
 )
 def enroll_face(self, *, job_id: str, tenant_id: str) -> str:
     try:
@@ -131,7 +140,13 @@ def redispatch_unattempted_webhooks(
     )
 
 
-@shared_task(name="webhooks.deliver_webhook", bind=True, max_retries=webhooks.MAX_ATTEMPTS - 1)
+@shared_task(
+    name="webhooks.deliver_webhook",
+    bind=True,
+    max_retries=webhooks.MAX_ATTEMPTS - 1,
+    soft_time_limit=webhooks.DELIVERY_DEADLINE_SECONDS,
+    time_limit=webhooks.DELIVERY_DEADLINE_SECONDS + 30,
+)
 def deliver_webhook(self, *, delivery_id: str, tenant_id: str) -> bool:
     try:
         return webhooks.attempt_delivery(delivery_id=delivery_id, tenant_id=tenant_id)

@@ -14,6 +14,7 @@ import uuid
 from datetime import timedelta
 
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -23,6 +24,8 @@ from tenants.rls import operator_transaction, tenant_transaction
 
 SIGNATURE_HEADER = "Visor-Signature"
 DELIVERY_TIMEOUT_SECONDS = 10.0
+# The whole attempt, enforced by the delivery task's soft time limit (identity/tasks.py).
+DELIVERY_DEADLINE_SECONDS = 30
 # How long each retry waits after a failed attempt: seconds at first (a receiver restarting), then every 50
 # minutes, so that an event outlives a receiver that is down for most of a day (23.1 h in all; the doubling
 # from 2 s this replaces gave up after 4 minutes). Never longer: a retry is a message held until its
@@ -104,6 +107,10 @@ def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
             delivered = 200 <= response.status_code < 300
         except httpx.HTTPError as error:
             attempt["error"] = f"{type(error).__name__}: {error}"[:500]
+        except SoftTimeLimitExceeded:
+            # The timeout above bounds each read, not the whole exchange: a receiver trickling its headers
+            # a byte at a time is cut off by the task's time limit, and the attempt counts as failed.
+            attempt["error"] = f"no answer within {DELIVERY_DEADLINE_SECONDS} s"
     with tenant_transaction(tenant_id):
         delivery = WebhookDelivery.objects.select_for_update().get(id=delivery_id, tenant_id=tenant_id)
         delivery.attempts = [*delivery.attempts, attempt]

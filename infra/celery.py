@@ -44,7 +44,9 @@ app.conf.beat_schedule = {
         "task": "maintenance.sweep_pending_image_deletions",
         "schedule": 15 * 60,
     },
-    "expire-stored-images": {"task": "maintenance.expire_stored_images", "schedule": 6 * 3600},
+    # Hourly, though retention is counted in days: beat's schedule lives on an emptyDir in the containers,
+    # and an interval starts again with every restart, so a 6-hour one could be put off by each release.
+    "expire-stored-images": {"task": "maintenance.expire_stored_images", "schedule": 3600},
     "erase-closed-tenants": {"task": "maintenance.erase_closed_tenants", "schedule": 10 * 60},
     "snapshot-stored-faces": {"task": "maintenance.snapshot_stored_faces", "schedule": 3600},
     "aggregate-usage": {"task": "maintenance.aggregate_usage", "schedule": 10 * 60},

@@ -93,7 +93,13 @@ TEMPLATES = [
 
 DATABASES = {
     "default": {
-        **dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60)),
+        **dj_database_url.parse(
+            env_str("DATABASE_URL"),
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+            # A kept connection is checked before a request uses it: after a database failover the first
+            # request of every thread would otherwise fail on its dead connection.
+            conn_health_checks=True,
+        ),
         "TEST": {"NAME": os.environ.get("DATABASE_TEST_NAME", "test_visor")},
     }
 }

@@ -1,8 +1,10 @@
 """Invoice documents (JSON, CSV) and the pluggable hand-off of final invoices to a billing system.
 
-`VISOR_INVOICE_EXPORTER` names the exporter class by dotted path (default: FileExporter, which writes both
-documents under `VISOR_INVOICE_EXPORT_DIR`, default var/invoices). A payment provider integration is another
-class with the same `export` method; none is bundled.
+`VISOR_INVOICE_EXPORTER` names the exporter class by dotted path: FileExporter (the default of `make run`)
+writes both documents under `VISOR_INVOICE_EXPORT_DIR` (default var/invoices); StorageExporter (the default
+of the containers, whose file systems are read-only) writes them to the object store under
+`billing/invoices/`. A payment provider integration is another class with the same `export` method; none is
+bundled.
 """
 
 import csv
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.utils.module_loading import import_string
 
 from tenants.models import Invoice
@@ -80,6 +84,19 @@ class FileExporter:
         stem = invoice_file_stem(invoice)
         _write_atomically(folder / f"{stem}.json", json.dumps(invoice_document(invoice), indent=2) + "\n")
         _write_atomically(folder / f"{stem}.csv", invoice_csv(invoice))
+
+
+class StorageExporter:
+    """Writes `billing/invoices/<tenant id>/<stem>.json` and `.csv` to the object store (S3), where a billing
+    system picks them up; a PUT replaces an object whole, so a retried export leaves no partial document."""
+
+    PREFIX = "billing/invoices"
+
+    def export(self, invoice: Invoice) -> None:
+        stem = f"{self.PREFIX}/{invoice.tenant_id}/{invoice_file_stem(invoice)}"
+        document = json.dumps(invoice_document(invoice), indent=2) + "\n"
+        default_storage.save(f"{stem}.json", ContentFile(document.encode()))
+        default_storage.save(f"{stem}.csv", ContentFile(invoice_csv(invoice).encode()))
 
 
 def _write_atomically(path: Path, text: str) -> None:

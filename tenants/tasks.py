@@ -57,5 +57,6 @@ def export_invoice(self, *, invoice_id: str, tenant_id: str) -> str:
             exporters.configured_exporter().export(invoice)
     except Exception as error:
         # The invoice is final already; only the hand-off failed (disk, provider), so try again later.
-        raise self.retry(exc=error, countdown=min(3600, 30 * 2**self.request.retries)) from error
+        # At most 50 minutes: a countdown at Redis's one-hour visibility timeout is delivered twice.
+        raise self.retry(exc=error, countdown=min(3000, 30 * 2**self.request.retries)) from error
     return invoice_id

@@ -9,6 +9,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from identity import webhooks
@@ -269,3 +270,25 @@ def test_a_failing_receiver_is_retried_for_most_of_a_day_and_no_retry_outwaits_t
     assert delays[0] <= 2, "a receiver that blinked gets the event at once"
     assert sum(delays) >= 20 * 3600
     assert max(delays) < settings.REDIS_VISIBILITY_TIMEOUT_SECONDS
+
+
+def test_an_attempt_cut_off_by_the_tasks_time_limit_is_recorded_as_failed_and_retried(
+    tenant_api, monkeypatch
+):
+    # A receiver that trickles its headers a byte at a time never trips the per-read timeout; the delivery
+    # task's soft time limit interrupts it (raised here where Celery would raise it).
+    delivery = _unattempted_delivery(
+        tenant_api.tenant, "https://receiver.example/hooks", dispatched_minutes_ago=0
+    )
+
+    def trickling_receiver(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(webhooks.httpx, "stream", trickling_receiver)
+
+    with pytest.raises(webhooks.DeliveryFailed, match="no answer within 30 s"):
+        webhooks.attempt_delivery(delivery_id=str(delivery.id), tenant_id=str(tenant_api.tenant.id))
+
+    recorded = _delivery(delivery.id)
+    assert recorded.status == WebhookDelivery.Status.PENDING, "retried later like any failed attempt"
+    assert [attempt["error"] for attempt in recorded.attempts] == ["no answer within 30 s"]

@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.files.storage import default_storage
 
 from tenants import exporters
 from tenants.billing_services import finalize_invoice
-from tenants.exporters import FileExporter
+from tenants.exporters import FileExporter, StorageExporter, invoice_csv, invoice_document, invoice_file_stem
 from tenants.models import Invoice
 from tenants.rls import operator_transaction, tenant_transaction
+from tests.identity.conftest import bucket_keys
 from tests.tenants.billing_helpers import record_usage_at
 from tests.tenants.factories import api_client_for, make_api_key, make_plan, make_tenant
 
@@ -126,3 +128,16 @@ def test_the_configured_exporter_is_the_file_exporter_unless_another_is_named(in
 
     settings.VISOR_INVOICE_EXPORTER = f"{__name__}.PaymentProviderExporter"
     assert isinstance(exporters.configured_exporter(), PaymentProviderExporter)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_storage_exporter_puts_both_documents_in_the_object_store(invoice):
+    StorageExporter().export(invoice)
+    StorageExporter().export(invoice)  # a retried export replaces them
+
+    stem = f"billing/invoices/{invoice.tenant_id}/{invoice_file_stem(invoice)}"
+    assert sorted(bucket_keys(f"billing/invoices/{invoice.tenant_id}/")) == [f"{stem}.csv", f"{stem}.json"]
+    with default_storage.open(f"{stem}.json", "rb") as stored:
+        assert json.loads(stored.read()) == invoice_document(invoice)
+    with default_storage.open(f"{stem}.csv", "rb") as stored:
+        assert stored.read().decode() == invoice_csv(invoice)
