@@ -680,8 +680,6 @@ def _store_templates(*, face: Face, template_sets: list[TemplateSet]) -> None:
 
 
 def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict | None) -> Job:
-    from identity.tasks import deliver_webhook
-
     with tenant_transaction(tenant_id):
         job = (
             Job.objects.select_for_update(of=("self",))
@@ -708,11 +706,7 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
             transaction.on_commit(
                 lambda: _maybe_build_ann_index(gallery_id=str(face.gallery_id), tenant_id=tenant_id)
             )
-        delivery_id = webhooks.record_job_event(job=job)
-        if delivery_id is not None:
-            transaction.on_commit(
-                lambda: deliver_webhook.delay(delivery_id=str(delivery_id), tenant_id=tenant_id)
-            )
+        webhooks.record_job_event(job=job)
     return job
 
 

@@ -147,9 +147,11 @@ def redispatch_unattempted_webhooks(
     soft_time_limit=webhooks.DELIVERY_DEADLINE_SECONDS,
     time_limit=webhooks.DELIVERY_DEADLINE_SECONDS + 30,
 )
-def deliver_webhook(self, *, delivery_id: str, tenant_id: str) -> bool:
+def deliver_webhook(self, *, delivery_id: str, tenant_id: str, dispatched_at: str | None = None) -> bool:
     try:
-        return webhooks.attempt_delivery(delivery_id=delivery_id, tenant_id=tenant_id)
+        return webhooks.attempt_delivery(
+            delivery_id=delivery_id, tenant_id=tenant_id, dispatched_at=dispatched_at
+        )
     except webhooks.DeliveryFailed as failure:
         raise self.retry(
             exc=failure, countdown=webhooks.RETRY_DELAYS_SECONDS[self.request.retries]

@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
@@ -47,8 +47,9 @@ def sign(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def record_job_event(*, job: Job) -> uuid.UUID | None:
-    """The finished job's event, created once if its tenant has a webhook; returns the delivery to attempt.
+def record_job_event(*, job: Job) -> None:
+    """The finished job's event, created once if its tenant has a webhook, and its delivery task sent once
+    the transaction commits.
 
     Call it inside the transaction that finishes the job (with `job.tenant` loaded): the event commits
     with the outcome it announces, so a worker that dies after the commit cannot lose it
@@ -73,15 +74,34 @@ def record_job_event(*, job: Job) -> uuid.UUID | None:
         delivery = WebhookDelivery.objects.get(
             tenant=job.tenant, event_type=event_type, source_id=str(job.id)
         )
-    return delivery.id
+    _dispatch_on_commit(
+        delivery_id=delivery.id, tenant_id=job.tenant_id, dispatched_at=delivery.dispatched_at
+    )
 
 
-def attempt_delivery(*, delivery_id: str, tenant_id: str) -> bool:
-    """POST the event once; True when delivered (or already delivered), raises DeliveryFailed otherwise."""
+def _dispatch_on_commit(*, delivery_id, tenant_id, dispatched_at: datetime) -> None:
+    """Send the delivery's task when the transaction commits, naming the dispatch it belongs to: once the
+    sweep sends a delivery again, the earlier message (only slow, not lost) finds itself superseded."""
+    from identity.tasks import deliver_webhook
+
+    kwargs = {
+        "delivery_id": str(delivery_id),
+        "tenant_id": str(tenant_id),
+        "dispatched_at": dispatched_at.isoformat(),
+    }
+    transaction.on_commit(lambda: deliver_webhook.delay(**kwargs))
+
+
+def attempt_delivery(*, delivery_id: str, tenant_id: str, dispatched_at: str | None = None) -> bool:
+    """POST the event once; True when delivered (or already delivered), raises DeliveryFailed otherwise.
+    A message of a dispatch the sweep has since replaced (`dispatched_at` no longer the delivery's) attempts
+    nothing and returns False: its replacement makes the attempts, one chain of retries, not two."""
     with tenant_transaction(tenant_id):
         delivery = WebhookDelivery.objects.select_related("tenant").get(id=delivery_id, tenant_id=tenant_id)
         if delivery.status != WebhookDelivery.Status.PENDING:
             return delivery.status == WebhookDelivery.Status.DELIVERED
+        if dispatched_at is not None and delivery.dispatched_at.isoformat() != dispatched_at:
+            return False
         # The tenant's webhook as it is now, like its secret: a URL fixed or removed while an event waits for
         # its next retry is where that retry goes, or the event is not sent at all.
         url, secret = delivery.tenant.webhook_url, delivery.tenant.webhook_secret
@@ -133,8 +153,6 @@ def redispatch_unattempted_deliveries(
     sent, oldest first and at most `batch_size` a sweep; returns how many. Its task went with a killed worker
     or a broker outage; later attempts are the task's own retries. A delivery that was only slow is attempted
     once more at worst, and receivers deduplicate on Visor-Event-Id."""
-    from identity.tasks import deliver_webhook
-
     now = timezone.now()
     with operator_transaction():
         unattempted = list(
@@ -149,7 +167,5 @@ def redispatch_unattempted_deliveries(
             dispatched_at=now
         )
         for delivery_id, tenant_id in unattempted:
-            transaction.on_commit(
-                lambda d=delivery_id, t=tenant_id: deliver_webhook.delay(delivery_id=str(d), tenant_id=str(t))
-            )
+            _dispatch_on_commit(delivery_id=delivery_id, tenant_id=tenant_id, dispatched_at=now)
     return len(unattempted)

@@ -292,3 +292,17 @@ def test_an_attempt_cut_off_by_the_tasks_time_limit_is_recorded_as_failed_and_re
     recorded = _delivery(delivery.id)
     assert recorded.status == WebhookDelivery.Status.PENDING, "retried later like any failed attempt"
     assert [attempt["error"] for attempt in recorded.attempts] == ["no answer within 30 s"]
+
+
+def test_a_superseded_message_of_a_pending_delivery_makes_no_attempt(tenant_api):
+    delivery = _unattempted_delivery(
+        tenant_api.tenant, "https://receiver.example/hooks", dispatched_minutes_ago=0
+    )
+    superseded = (delivery.dispatched_at - timedelta(minutes=11)).isoformat()
+
+    attempted = webhooks.attempt_delivery(
+        delivery_id=str(delivery.id), tenant_id=str(tenant_api.tenant.id), dispatched_at=superseded
+    )
+
+    assert attempted is False
+    assert _delivery(delivery.id).attempts == [], "its replacement makes the attempts, one chain of retries"
