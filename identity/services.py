@@ -62,12 +62,15 @@ S3_DELETE_BATCH = 1000
 SUBJECT_DELETED = "SUBJECT_DELETED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 TENANT_INACTIVE = "TENANT_INACTIVE"
-# A face-rejection reason of the service's own: the image took down every worker that tried it.
+# A face-rejection reason of the service's own: the image ran past the time limit or took down every
+# worker that tried it.
 UNPROCESSABLE_IMAGE = "UNPROCESSABLE_IMAGE"
 # Failures that say nothing against the request: its Idempotency-Key is released so that a retry with it
 # (the SDK's retries use it) makes a new job instead of getting this failure back for the key's lifetime.
 FAILURES_WORTH_A_RETRY = (INTERNAL_ERROR, TENANT_INACTIVE)
 FAILURES_NOT_ABOUT_THE_IMAGE = (SUBJECT_DELETED, *FAILURES_WORTH_A_RETRY)
+# The failures that can end an attempt after it wrote the image (a rejection by the pipeline comes first).
+FAILURES_THAT_CAN_FOLLOW_THE_UPLOAD = (*FAILURES_NOT_ABOUT_THE_IMAGE, UNPROCESSABLE_IMAGE)
 
 
 # --- Idempotency ------------------------------------------------------------------------------------------
@@ -403,17 +406,11 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
             return _finish_job(job_id=job_id, tenant_id=tenant_id, face=None, error=_inactive(job.tenant))
         if job.attempts >= MAX_ENROLLMENT_ATTEMPTS:
             # Each attempt killed its worker (out of memory, say) before it could fail: redelivered and
-            # re-sent for ever, it would take a worker down every time. The image is the likely cause, so
-            # its Idempotency-Key is kept: a retry gets this answer, not a new job to crash workers again.
-            return _finish_job(
+            # re-sent for ever, it would take a worker down every time.
+            return reject_unprocessable_image(
                 job_id=job_id,
                 tenant_id=tenant_id,
-                face=None,
-                error={
-                    "reason": UNPROCESSABLE_IMAGE,
-                    "detail": f"Enrollment was attempted {job.attempts} times and never finished: "
-                    "the image could not be processed.",
-                },
+                detail=f"Enrollment was attempted {job.attempts} times and never finished.",
             )
         job.status, job.started_at, job.attempts = Job.Status.RUNNING, timezone.now(), job.attempts + 1
         job.save(update_fields=["status", "started_at", "attempts"])
@@ -525,6 +522,18 @@ def _key_share_lock(*, model, object_id) -> None:
 def _lock_for_deletion(*, model, object_id) -> None:
     """The row's update lock: see `_hold_off_deletion`."""
     list(model.objects.select_for_update().filter(id=object_id).values_list("id", flat=True))
+
+
+def reject_unprocessable_image(*, job_id: str, tenant_id: str, detail: str) -> Job:
+    """End a job whose image no worker could process (each attempt ran out of time or took its worker
+    down). The image is the likely cause, so its Idempotency-Key is kept: a retry gets this answer, not a
+    new job that would do the same."""
+    return _finish_job(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        face=None,
+        error={"reason": UNPROCESSABLE_IMAGE, "detail": f"{detail} The image could not be processed."},
+    )
 
 
 def fail_enrollment_job(*, job_id: str, tenant_id: str, detail: str) -> Job:
@@ -696,7 +705,7 @@ def _finish_job(*, job_id: str, tenant_id: str, face: Face | None, error: dict |
         job.save(update_fields=["status", "result", "error", "input_image", "finished_at"])
         if error and error["reason"] in FAILURES_WORTH_A_RETRY:
             IdempotentRequest.objects.filter(tenant_id=tenant_id, job_id=job_id).delete()
-        if error and (error["reason"] in FAILURES_NOT_ABOUT_THE_IMAGE or job.attempts > 1):
+        if error and (error["reason"] in FAILURES_THAT_CAN_FOLLOW_THE_UPLOAD or job.attempts > 1):
             # An earlier attempt may have written the image and then lost its transaction (a database error, a
             # killed worker); no face will ever point at that object. A first attempt's rejection cannot have.
             _schedule_object_deletion(

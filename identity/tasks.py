@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import connection
 from django.db.models import Min
 from django.utils import timezone
@@ -15,15 +16,18 @@ from tenants.rls import operator_transaction, tenant_transaction
 
 class EnrollmentTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        """Out of retries: the job is marked failed (clients and webhooks learn of it), never left queued."""
-        services.fail_enrollment_job(
-            job_id=kwargs["job_id"], tenant_id=kwargs["tenant_id"], detail=f"{type(exc).__name__}: {exc}"
-        )
+        """Out of retries, or past the hard time limit: the job is marked failed (clients and webhooks learn
+        of it), never left queued."""
+        job = {"job_id": kwargs["job_id"], "tenant_id": kwargs["tenant_id"]}
+        if isinstance(exc, TimeLimitExceeded):
+            services.reject_unprocessable_image(**job, detail="Enrollment ran past its time limit.")
+        else:
+            services.fail_enrollment_job(**job, detail=f"{type(exc).__name__}: {exc}")
 
 
-# An enrollment takes well under a second; one past the soft limit (a decode that never ends) is retried
-# like any failure, and one past the hard limit loses its worker process and ends, after its attempts, as
-# an image no worker could process.
+# An enrollment takes well under a second: one past the soft time limit (a decode that never ends) is the
+# image's doing, not the infrastructure's, and is not retried; the hard limit catches one that ignores the
+# soft one. Both need the prefork pool (the default; thread and solo pools ignore time limits).
 @shared_task(
     name="enrollment.enroll_face",
     bind=True,
@@ -36,6 +40,10 @@ class EnrollmentTask(Task):
 def enroll_face(self, *, job_id: str, tenant_id: str) -> str:
     try:
         return services.process_face_enrollment(job_id=job_id, tenant_id=tenant_id).status
+    except SoftTimeLimitExceeded:
+        return services.reject_unprocessable_image(
+            job_id=job_id, tenant_id=tenant_id, detail="Enrollment ran past its time limit."
+        ).status
     except Exception as error:
         # Rejections end the job; an exception here is infrastructure (database, S3) and worth a retry.
         raise self.retry(exc=error, countdown=2**self.request.retries) from error
@@ -134,7 +142,9 @@ def drop_gallery_ann_index(*, gallery_id: str) -> None:
 def redispatch_unattempted_webhooks(
     *, unattempted_after_seconds: float = webhooks.UNATTEMPTED_DELIVERY_AFTER.total_seconds()
 ) -> int:
-    """Beat task: webhook deliveries whose first task was lost are sent again."""
+    """Beat task: webhook deliveries whose first task was lost are sent again, and those whose retries were
+    lost are marked failed."""
+    webhooks.fail_abandoned_deliveries()
     return webhooks.redispatch_unattempted_deliveries(
         unattempted_for=timedelta(seconds=unattempted_after_seconds)
     )
@@ -152,7 +162,7 @@ def deliver_webhook(self, *, delivery_id: str, tenant_id: str, dispatched_at: st
         return webhooks.attempt_delivery(
             delivery_id=delivery_id, tenant_id=tenant_id, dispatched_at=dispatched_at
         )
-    except webhooks.DeliveryFailed as failure:
+    except (webhooks.DeliveryFailed, SoftTimeLimitExceeded) as failure:  # the limit outside the POST too
         raise self.retry(
             exc=failure, countdown=webhooks.RETRY_DELAYS_SECONDS[self.request.retries]
         ) from failure

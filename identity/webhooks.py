@@ -36,6 +36,9 @@ RETRY_DELAYS_SECONDS = (2, 10, 60, 5 * 60, 30 * 60) + (50 * 60,) * 27
 MAX_ATTEMPTS = len(RETRY_DELAYS_SECONDS) + 1
 UNATTEMPTED_DELIVERY_AFTER = timedelta(minutes=10)
 UNATTEMPTED_DELIVERIES_PER_SWEEP = 500
+# Every retry chain ends within 23.1 h of its dispatch; one still pending well after that lost its chain (its
+# worker killed past the time limit, a message lost after the first attempt) and would wait for ever.
+ABANDONED_DELIVERY_AFTER = timedelta(seconds=sum(RETRY_DELAYS_SECONDS)) + timedelta(hours=2)
 
 
 class DeliveryFailed(Exception):
@@ -169,3 +172,12 @@ def redispatch_unattempted_deliveries(
         for delivery_id, tenant_id in unattempted:
             _dispatch_on_commit(delivery_id=delivery_id, tenant_id=tenant_id, dispatched_at=now)
     return len(unattempted)
+
+
+def fail_abandoned_deliveries(*, pending_for: timedelta = ABANDONED_DELIVERY_AFTER) -> int:
+    """Mark failed every delivery still pending `pending_for` after its task was last sent, so that no event
+    waits for ever and monitoring sees it (its attempts are kept); returns how many."""
+    with operator_transaction():
+        return WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, dispatched_at__lt=timezone.now() - pending_for
+        ).update(status=WebhookDelivery.Status.FAILED)

@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.db import connections
 
 from identity import services
 from identity.models import Face, Job, PendingObjectDeletion, Subject
+from identity.tasks import enroll_face
 from tenants.actors import Actor
 from tenants.models import UsageRecord
 from tenants.rls import operator_transaction, tenant_transaction
@@ -208,3 +210,32 @@ def test_a_job_whose_every_attempt_took_its_worker_down_fails_instead_of_running
         assert Job.objects.count() == 1
     with tenant_transaction(tenant_id):
         assert not Face.objects.exists()
+
+
+@pytest.mark.parametrize("limit", ["soft", "hard"])
+def test_an_enrollment_past_its_time_limit_is_an_unprocessable_image_not_a_retry(
+    tenant_api, subject, monkeypatch, limit
+):
+    tenant_id = str(tenant_api.tenant.id)
+    path, headers = f"/v1/subjects/{subject['id']}/faces", {"Idempotency-Key": f"slow-photo-{limit}"}
+    job_id = tenant_api.post(path, {"image": upload_file(person_image(12))}, headers=headers).json()["job"][
+        "id"
+    ]
+    kwargs = {"job_id": job_id, "tenant_id": tenant_id}
+
+    if limit == "soft":  # raised inside the task, where Celery's soft limit interrupts it
+
+        def decode_that_never_ends(**_):
+            raise SoftTimeLimitExceeded()
+
+        monkeypatch.setattr(services, "process_face_enrollment", decode_that_never_ends)
+        assert enroll_face.apply(kwargs=kwargs).state == "SUCCESS", "not retried"
+    else:  # the pool kills the process; the parent reports the task's failure
+        enroll_face.on_failure(TimeLimitExceeded(150), "task-1", (), kwargs, None)
+    retried = tenant_api.post(path, {"image": upload_file(person_image(12))}, headers=headers)
+
+    job = tenant_api.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["error"]["reason"]) == ("failed", "UNPROCESSABLE_IMAGE")
+    assert retried.status_code == 422, "the key is kept: the same answer, no new job"
+    with tenant_transaction(tenant_id):
+        assert Job.objects.count() == 1

@@ -306,3 +306,19 @@ def test_a_superseded_message_of_a_pending_delivery_makes_no_attempt(tenant_api)
 
     assert attempted is False
     assert _delivery(delivery.id).attempts == [], "its replacement makes the attempts, one chain of retries"
+
+
+def test_a_delivery_whose_retries_were_lost_is_marked_failed_not_left_pending_for_ever(tenant_api):
+    url = "https://receiver.example/hooks"
+    chain_lost = _unattempted_delivery(tenant_api.tenant, url, dispatched_minutes_ago=26 * 60)
+    still_retrying = _unattempted_delivery(tenant_api.tenant, url, dispatched_minutes_ago=20 * 60)
+    with operator_transaction():
+        WebhookDelivery.objects.filter(id__in=[chain_lost.id, still_retrying.id]).update(
+            attempts=[{"at": "2026-12-01T00:00:00+00:00", "url": url, "status_code": 503}]
+        )
+
+    assert webhooks.fail_abandoned_deliveries() == 1
+
+    assert _delivery(chain_lost.id).status == WebhookDelivery.Status.FAILED
+    assert len(_delivery(chain_lost.id).attempts) == 1, "its attempts are kept"
+    assert _delivery(still_retrying.id).status == WebhookDelivery.Status.PENDING
