@@ -191,3 +191,22 @@ def test_a_delete_that_finds_nothing_after_an_error_answer_is_not_found(visor_se
         client.galleries.delete("00000000-0000-0000-0000-000000000000")  # never existed
 
     assert transport.statuses == [503, 404], "the 503 deleted nothing: the 404 is the answer"
+
+
+def test_a_delete_whose_answer_a_proxy_lost_succeeds_when_its_retry_finds_nothing_left(visor_server):
+    def gateway_timeout_after_the_first_delete(request, attempt):
+        if request.method == "DELETE" and attempt == 2:
+            inner = httpx.HTTPTransport()
+            inner.handle_request(request).close()  # the API deletes it; the proxy's answer is a 504
+            inner.close()
+            return httpx.Response(504, text="gateway timeout")
+        return None
+
+    transport = RecordingTransport(gateway_timeout_after_the_first_delete)
+    with _client(visor_server, transport) as client:
+        gallery = client.galleries.create(name="Behind a proxy")
+        client.galleries.delete(gallery.id)
+        with pytest.raises(visor.NotFoundError):
+            client.galleries.get(gallery.id)
+
+    assert transport.statuses[1:3] == [504, 404]

@@ -25,6 +25,8 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 3
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Answers of a proxy in front of the API, which may have done the request before its answer was lost.
+GATEWAY_ERRORS = frozenset({502, 504})
 
 
 @dataclass
@@ -95,8 +97,9 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def already_deleted(spec: RequestSpec, response: httpx.Response, *, answer_lost: bool) -> bool:
-    """A DELETE that finds nothing after an attempt whose answer was lost: that attempt deleted it. (After
-    an error answer, such as a 503, nothing was deleted, and a 404 means there was nothing to delete.)"""
+    """A DELETE that finds nothing after an attempt whose answer was lost (a broken connection, or a proxy's
+    502 or 504): that attempt deleted it. After the API's own error answer, such as a 503, nothing was
+    deleted, and a 404 means there was nothing to delete."""
     return spec.method == "DELETE" and response.status_code == 404 and answer_lost
 
 

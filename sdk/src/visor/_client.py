@@ -13,6 +13,7 @@ import httpx
 from visor._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
+    GATEWAY_ERRORS,
     BaseClient,
     QualityFilter,
     RequestSpec,
@@ -114,6 +115,7 @@ class Client(BaseClient):
                     if not already_deleted(spec, response, answer_lost=answer_lost):
                         raise_for_problem(response)
                     return response
+                answer_lost = answer_lost or response.status_code in GATEWAY_ERRORS
                 response.close()
             time.sleep(delay)
             attempt += 1
@@ -368,6 +370,7 @@ class AsyncClient(BaseClient):
                     if not already_deleted(spec, response, answer_lost=answer_lost):
                         raise_for_problem(response)
                     return response
+                answer_lost = answer_lost or response.status_code in GATEWAY_ERRORS
                 await response.aclose()
             await asyncio.sleep(delay)
             attempt += 1
