@@ -181,7 +181,7 @@ def update_gallery(
 
 @transaction.atomic
 def delete_gallery(*, tenant, actor, gallery: Gallery) -> None:
-    _lock_for_deletion(model=Gallery, object_id=gallery.id)
+    _lock_for_deletion(model=Gallery, object_id=gallery.id, tenant_id=tenant.id)
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, gallery=gallery))
     had_ann_index = bool(gallery.ann_index_name)
     gallery_id = gallery.id
@@ -270,8 +270,8 @@ def update_subject(
 @transaction.atomic
 def delete_subject(*, tenant, actor, subject: Subject) -> None:
     # The gallery first, as everywhere (`_hold_off_deletion`): a gallery's deletion cascades to its subjects.
-    _key_share_lock(model=Gallery, object_id=subject.gallery_id)
-    _lock_for_deletion(model=Subject, object_id=subject.id)
+    _key_share_lock(model=Gallery, object_id=subject.gallery_id, tenant_id=tenant.id)
+    _lock_for_deletion(model=Subject, object_id=subject.id, tenant_id=tenant.id)
     _schedule_image_deletion(tenant=tenant, faces=Face.objects.filter(tenant=tenant, subject=subject))
     subject_id = subject.id
     # A concurrent delete of the same subject may have removed it already: count only what this one did.
@@ -450,7 +450,7 @@ def process_face_enrollment(*, job_id: str, tenant_id: str) -> Job:
 
     face_id = enrolled_face_id(job_id)
     with tenant_transaction(tenant_id):
-        _hold_off_deletion(subject_id=subject_id)
+        _hold_off_deletion(subject_id=subject_id, tenant_id=tenant_id)
         job = (
             Job.objects.select_for_update(of=("self",))
             .select_related("tenant", "subject")
@@ -500,28 +500,39 @@ def _inactive(tenant) -> dict:
     }
 
 
-def _hold_off_deletion(*, subject_id: uuid.UUID | None) -> None:
+def _hold_off_deletion(*, subject_id: uuid.UUID | None, tenant_id) -> None:
     """Key-share-lock the subject's gallery, then the subject, until the caller's transaction ends (what the
     face's foreign keys would lock at its insert, taken before the image is written). A deletion takes the
     row's update lock before it reads which images to delete (`_lock_for_deletion`), so it waits for a face
     being added and then deletes its image too, and an enrollment that comes second finds the subject gone.
     Every path takes the gallery before the subject and both before the job, so none waits on another; a key
     share lock leaves the rows' ordinary updates (face and subject counts) free."""
-    gallery_id = Subject.objects.filter(id=subject_id).values_list("gallery_id", flat=True).first()
+    gallery_id = (
+        Subject.objects.filter(id=subject_id, tenant_id=tenant_id)
+        .values_list("gallery_id", flat=True)
+        .first()
+    )
     if gallery_id is None:
         return
-    _key_share_lock(model=Gallery, object_id=gallery_id)
-    _key_share_lock(model=Subject, object_id=subject_id)
+    _key_share_lock(model=Gallery, object_id=gallery_id, tenant_id=tenant_id)
+    _key_share_lock(model=Subject, object_id=subject_id, tenant_id=tenant_id)
 
 
-def _key_share_lock(*, model, object_id) -> None:
+def _key_share_lock(*, model, object_id, tenant_id) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {model._meta.db_table} WHERE id = %s FOR KEY SHARE", [object_id])
+        cursor.execute(
+            f"SELECT 1 FROM {model._meta.db_table} WHERE id = %s AND tenant_id = %s FOR KEY SHARE",
+            [object_id, tenant_id],
+        )
 
 
-def _lock_for_deletion(*, model, object_id) -> None:
+def _lock_for_deletion(*, model, object_id, tenant_id) -> None:
     """The row's update lock: see `_hold_off_deletion`."""
-    list(model.objects.select_for_update().filter(id=object_id).values_list("id", flat=True))
+    list(
+        model.objects.select_for_update()
+        .filter(id=object_id, tenant_id=tenant_id)
+        .values_list("id", flat=True)
+    )
 
 
 def reject_unprocessable_image(*, job_id: str, tenant_id: str, detail: str) -> Job:
@@ -959,9 +970,9 @@ def purge_deleted_images(*, tenant_id: str, batch_size: int = S3_DELETE_BATCH) -
     attempt. Returns how many went."""
     with tenant_transaction(tenant_id):
         pending = list(
-            PendingObjectDeletion.objects.filter(retry_at__lte=timezone.now()).order_by("retry_at", "id")[
-                :batch_size
-            ]
+            PendingObjectDeletion.objects.filter(tenant_id=tenant_id, retry_at__lte=timezone.now()).order_by(
+                "retry_at", "id"
+            )[:batch_size]
         )
     for item in pending:
         if not item.key.startswith(f"tenants/{tenant_id}/"):
@@ -972,10 +983,10 @@ def purge_deleted_images(*, tenant_id: str, batch_size: int = S3_DELETE_BATCH) -
     failed = [item for item in pending if item.key in failures]
     with tenant_transaction(tenant_id):
         PendingObjectDeletion.objects.filter(
-            id__in=[item.id for item in pending if item.key not in failures]
+            tenant_id=tenant_id, id__in=[item.id for item in pending if item.key not in failures]
         ).delete()
         for item in failed:  # kept, with the attempt counted, for a later try
-            PendingObjectDeletion.objects.filter(id=item.id).update(
+            PendingObjectDeletion.objects.filter(tenant_id=tenant_id, id=item.id).update(
                 attempts=item.attempts + 1,
                 last_error=failures[item.key][:2000],
                 retry_at=timezone.now() + object_deletion_backoff(attempts=item.attempts + 1),

@@ -71,7 +71,9 @@ PURGE_RETRY_HORIZON_SECONDS = 600
 def purge_deleted_images(self, *, tenant_id: str) -> int:
     removed = services.purge_deleted_images(tenant_id=tenant_id)
     with tenant_transaction(tenant_id):
-        next_due = PendingObjectDeletion.objects.aggregate(next_due=Min("retry_at"))["next_due"]
+        next_due = PendingObjectDeletion.objects.filter(tenant_id=tenant_id).aggregate(
+            next_due=Min("retry_at")
+        )["next_due"]
     if next_due is not None:
         wait = max(1.0, (next_due - timezone.now()).total_seconds())
         # Rows due later are left to the sweep: a longer countdown would pass Redis's visibility timeout
@@ -163,6 +165,7 @@ def deliver_webhook(self, *, delivery_id: str, tenant_id: str, dispatched_at: st
             delivery_id=delivery_id, tenant_id=tenant_id, dispatched_at=dispatched_at
         )
     except (webhooks.DeliveryFailed, SoftTimeLimitExceeded) as failure:  # the limit outside the POST too
+        delays = webhooks.RETRY_DELAYS_SECONDS
         raise self.retry(
-            exc=failure, countdown=webhooks.RETRY_DELAYS_SECONDS[self.request.retries]
+            exc=failure, countdown=delays[min(self.request.retries, len(delays) - 1)]
         ) from failure

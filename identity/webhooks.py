@@ -154,8 +154,8 @@ def redispatch_unattempted_deliveries(
 ) -> int:
     """Send again the task of every pending delivery never attempted `unattempted_for` after its task was last
     sent, oldest first and at most `batch_size` a sweep; returns how many. Its task went with a killed worker
-    or a broker outage; later attempts are the task's own retries. A delivery that was only slow is attempted
-    once more at worst, and receivers deduplicate on Visor-Event-Id."""
+    or a broker outage; later attempts are the task's own retries. A delivery that was only slow keeps one
+    chain of attempts: its first message finds itself superseded (`attempt_delivery`)."""
     now = timezone.now()
     with operator_transaction():
         unattempted = list(

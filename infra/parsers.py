@@ -4,8 +4,6 @@ DRF's parser reads a body of any size (Django's DATA_UPLOAD_MAX_MEMORY_SIZE guar
 DRF bypasses) and lets a deeply nested document raise RecursionError, there or later.
 """
 
-import io
-
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -38,12 +36,9 @@ class RequestTooLarge(Problem):
 
 class ApiJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.VISOR_MAX_JSON_BODY_BYTES
-        body = stream.read(limit + 1)
-        if len(body) > limit:
-            raise RequestTooLarge(f"A JSON request body may hold at most {limit} bytes.")
+        _refuse_longer_than(parser_context, settings.VISOR_MAX_JSON_BODY_BYTES, "JSON")
         try:
-            data = super().parse(io.BytesIO(body), media_type, parser_context)
+            data = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise _nested_too_deeply() from None
         if json_depth(data) > MAX_JSON_DEPTH:

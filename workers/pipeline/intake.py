@@ -103,14 +103,10 @@ def jpeg_structure_refusal(data: bytes) -> str | None:
             position += 2
             continue
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:
+        if marker == 0xDA:  # its entropy-coded data follows, skipped like stray bytes up to the next marker
             scans += 1
             if scans > MAX_JPEG_SCANS:
                 return f"The JPEG image has more than {MAX_JPEG_SCANS} scans."
-            following = _NEXT_JPEG_MARKER.search(data, position)
-            if following is None:
-                break
-            position = following.start()
     return None
 
 
